@@ -1,0 +1,1 @@
+"""Environments: the math environment (answer extraction, grading, datasets) and task generators."""

@@ -1,0 +1,333 @@
+"""Agent profiles and teams: loading and validating the profile JSON files.
+
+A profile file is a JSON list of objects, one per agent, in the reference format: `role`
+(also the default LoRA adapter name), `prompt` (the system text) and `with_answer` (whether
+the agent's output is graded); `device` is accepted and ignored. marft_jax adds optional
+fields: `depends_on` (roles whose actions this agent sees; left out = every earlier profile,
+the reference chain), `adapter` (LoRA adapter name, default the role; roles may share one),
+and the per-agent generation overrides `max_new_tokens` and `temperature`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from absl import logging
+
+from marft_jax.errors import ConfigError
+from marft_jax.flexmg.graph import DependencyGraph
+
+_FIELDS = ("role", "prompt", "with_answer", "depends_on", "adapter", "max_new_tokens",
+           "temperature")
+_IGNORED_FIELDS = ("device",)  # reference per-agent GPU placement; the mesh decides here
+_REQUIRED_FIELDS = ("role", "prompt")
+DATA_ENV_VAR = "MARFT_JAX_DATA"
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentProfile:
+    """One agent of a team.
+
+    Attributes:
+        role: unique name of the agent; tags its actions in observations.
+        prompt: system text prepended to the agent's observation.
+        with_answer: whether the agent's output is graded by the environment.
+        depends_on: roles whose actions this agent sees in the same round; None = every
+            profile before it in file order (the reference chain); () = none.
+        adapter: name of the LoRA adapter the agent uses; None at construction = the role.
+        max_new_tokens: per-agent generation length; None = the run's default.
+        temperature: per-agent sampling temperature (0 = greedy); None = the run's default.
+    """
+
+    role: str
+    prompt: str
+    with_answer: bool = False
+    depends_on: tuple[str, ...] | None = None
+    adapter: str | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+
+    def __post_init__(self):
+        if self.adapter is None:
+            object.__setattr__(self, "adapter", self.role)
+        if isinstance(self.depends_on, list):
+            object.__setattr__(self, "depends_on", tuple(self.depends_on))
+
+
+@dataclasses.dataclass(frozen=True)
+class Team:
+    """The agents of a LaMAS, in profile order, validated together with their graph D.
+
+    Attributes:
+        profiles: the agents, in file order (the agent axis of every array).
+        source: the profile file (or "<inline>"), named in error messages.
+        graph: the dependency function D with its waves (derived, see graph.py).
+    """
+
+    profiles: tuple[AgentProfile, ...]
+    source: str = "<inline>"
+    graph: DependencyGraph = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        profiles = tuple(self.profiles)
+        if not profiles:
+            raise ConfigError(
+                f"{self.source}: the profile list is empty; a team needs at least one profile")
+        for index, profile in enumerate(profiles):
+            if not isinstance(profile, AgentProfile):
+                raise ConfigError(
+                    f"{self.source}: profile {index} must be an AgentProfile, "
+                    f"got {type(profile).__name__}")
+            _validate_profile(profile, _where(self.source, index, profile.role))
+        object.__setattr__(self, "profiles", profiles)
+        _validate_roles(profiles, self.source)
+        object.__setattr__(self, "graph", DependencyGraph.from_team(self))
+
+    @property
+    def num_agents(self) -> int:
+        """Number of agents."""
+        return len(self.profiles)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Agent roles in profile order."""
+        return tuple(p.role for p in self.profiles)
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """Unique LoRA adapter names, in order of first appearance."""
+        return tuple(dict.fromkeys(p.adapter for p in self.profiles))
+
+    @property
+    def num_adapters(self) -> int:
+        """Number of distinct LoRA adapters (≤ num_agents)."""
+        return len(self.adapter_names)
+
+    @property
+    def adapter_index(self) -> tuple[int, ...]:
+        """Per agent, the index of its adapter in `adapter_names` (the stacked LoRA axis)."""
+        names = self.adapter_names
+        return tuple(names.index(p.adapter) for p in self.profiles)
+
+    @property
+    def answer_mask(self) -> tuple[bool, ...]:
+        """Per agent, whether its output is graded (`with_answer`)."""
+        return tuple(p.with_answer for p in self.profiles)
+
+    @property
+    def dependencies(self) -> tuple[tuple[int, ...], ...]:
+        """Per agent, the sorted indices of the agents it depends on (chain where unset)."""
+        index = {role: i for i, role in enumerate(self.roles)}
+        return tuple(
+            tuple(range(i)) if p.depends_on is None
+            else tuple(sorted(index[role] for role in p.depends_on))
+            for i, p in enumerate(self.profiles))
+
+    def max_new_tokens_per_agent(self, default: int) -> tuple[int, ...]:
+        """Per agent, its `max_new_tokens`, or `default` where the profile leaves it out."""
+        return tuple(default if p.max_new_tokens is None else p.max_new_tokens
+                     for p in self.profiles)
+
+    def temperature_per_agent(self, default: float) -> tuple[float, ...]:
+        """Per agent, its `temperature`, or `default` where the profile leaves it out."""
+        return tuple(float(default if p.temperature is None else p.temperature)
+                     for p in self.profiles)
+
+
+def team_from_dicts(profiles: Sequence[Any], source: str = "<inline>") -> Team:
+    """Builds a team from profile objects as they appear in a profile JSON file.
+
+    Args:
+        profiles: a list of dicts with the fields of `AgentProfile` (`depends_on` a list of
+            roles); `device` is accepted and ignored with one log line.
+        source: the file they came from, named in error messages.
+
+    Returns:
+        The validated team.
+
+    Raises:
+        ConfigError: naming `source`, the profile index and role, and the bad field.
+    """
+    if not isinstance(profiles, (list, tuple)):
+        raise ConfigError(
+            f"{source}: the top level must be a list of profile objects, "
+            f"got {_type_name(profiles)}")
+    parsed = tuple(_profile_from_dict(obj, i, source) for i, obj in enumerate(profiles))
+    ignored = [i for i, obj in enumerate(profiles) if "device" in obj]
+    if ignored:
+        logging.info(
+            "%s: field 'device' of profiles %s ignored: agents share one base model "
+            "placed by the device mesh", source, ignored)
+    return Team(profiles=parsed, source=source)
+
+
+def load_team(path_or_name: str | os.PathLike) -> Team:
+    """Loads and validates a team from a profile JSON file or a bare team name.
+
+    Args:
+        path_or_name: a path (anything ending in `.json` or containing a path separator), or
+            a name such as "math_dual", looked up as `configs/profiles/<name>.json` in the
+            project, then as `profiles/<name>.json` in the data root (see `data_root`).
+
+    Returns:
+        The validated team; `team.source` is the file it came from.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or a profile is invalid; the message
+            names the file and the field.
+    """
+    path = resolve_profile_path(path_or_name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: profile file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read profile file: {err}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    return team_from_dicts(data, source=str(path))
+
+
+def resolve_profile_path(path_or_name: str | os.PathLike) -> Path:
+    """The profile file that `path_or_name` refers to (see `load_team`); ConfigError if none."""
+    text = os.fspath(path_or_name)
+    looks_like_path = text.endswith(".json") or "/" in text or os.sep in text
+    if isinstance(path_or_name, os.PathLike) or looks_like_path:
+        return Path(text)
+    candidates = [project_root() / "configs" / "profiles" / f"{text}.json",
+                  data_root() / "profiles" / f"{text}.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"profile {text!r}: neither {candidates[0]} nor {candidates[1]} exists "
+        f"(known names: {', '.join(available_teams()) or 'none'}; "
+        f"set {DATA_ENV_VAR} to the data root, or pass a path to a JSON file)")
+
+
+def available_teams() -> tuple[str, ...]:
+    """Names that `load_team` resolves: project teams, then data-root teams, sorted."""
+    names: set[str] = set()
+    for folder in (project_root() / "configs" / "profiles", data_root() / "profiles"):
+        if folder.is_dir():
+            names.update(p.stem for p in folder.glob("*.json"))
+    return tuple(sorted(names))
+
+
+def project_root() -> Path:
+    """The project root (the folder holding `marft_jax/` and `configs/`)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def data_root() -> Path:
+    """The shared data root: `$MARFT_JAX_DATA`, else `../shared/data` beside the project."""
+    override = os.environ.get(DATA_ENV_VAR)
+    if override:
+        return Path(override)
+    return project_root().parent / "shared" / "data"
+
+
+def _profile_from_dict(obj: Any, index: int, source: str) -> AgentProfile:
+    """One profile from its JSON object; checks presence and names of fields."""
+    if not isinstance(obj, dict):
+        raise ConfigError(
+            f"{source}: profile {index} must be a JSON object with fields 'role', 'prompt', "
+            f"'with_answer', got {_type_name(obj)}")
+    where = _where(source, index, obj.get("role"))
+    unknown = [key for key in obj if key not in _FIELDS + _IGNORED_FIELDS]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {unknown[0]!r} (known fields: "
+            f"{', '.join(_FIELDS + _IGNORED_FIELDS)})")
+    for key in _REQUIRED_FIELDS:
+        if key not in obj:
+            raise ConfigError(f"{where}: missing field {key!r}")
+    depends_on = obj.get("depends_on")
+    if depends_on is not None:
+        if not isinstance(depends_on, list):
+            raise ConfigError(
+                f"{where}: field 'depends_on' must be a list of roles, "
+                f"got {_type_name(depends_on)}")
+        depends_on = tuple(depends_on)
+    return AgentProfile(
+        role=obj["role"],
+        prompt=obj["prompt"],
+        with_answer=obj.get("with_answer", False),
+        depends_on=depends_on,
+        adapter=obj.get("adapter"),
+        max_new_tokens=obj.get("max_new_tokens"),
+        temperature=obj.get("temperature"),
+    )
+
+
+def _validate_profile(profile: AgentProfile, where: str) -> None:
+    """Type and range checks of one profile's fields; ConfigError prefixed by `where`."""
+    if not isinstance(profile.role, str) or not profile.role:
+        raise ConfigError(f"{where}: field 'role' must be a non-empty string, "
+                          f"got {profile.role!r}")
+    if not isinstance(profile.prompt, str):
+        raise ConfigError(f"{where}: field 'prompt' must be a string, "
+                          f"got {_type_name(profile.prompt)}")
+    if not isinstance(profile.with_answer, bool):
+        raise ConfigError(f"{where}: field 'with_answer' must be true or false, "
+                          f"got {profile.with_answer!r}")
+    if profile.depends_on is not None and (
+            not isinstance(profile.depends_on, tuple)
+            or not all(isinstance(role, str) for role in profile.depends_on)):
+        raise ConfigError(f"{where}: field 'depends_on' must be a list of role names, "
+                          f"got {profile.depends_on!r}")
+    if not isinstance(profile.adapter, str) or not profile.adapter:
+        raise ConfigError(f"{where}: field 'adapter' must be a non-empty string, "
+                          f"got {profile.adapter!r}")
+    tokens = profile.max_new_tokens
+    if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool)
+                               or tokens <= 0):
+        raise ConfigError(f"{where}: field 'max_new_tokens' must be a positive integer, "
+                          f"got {tokens!r}")
+    temp = profile.temperature
+    if temp is not None and (not isinstance(temp, (int, float)) or isinstance(temp, bool)
+                             or not math.isfinite(temp) or temp < 0):
+        raise ConfigError(f"{where}: field 'temperature' must be a finite number >= 0, "
+                          f"got {temp!r}")
+
+
+def _validate_roles(profiles: tuple[AgentProfile, ...], source: str) -> None:
+    """Unique roles, and `depends_on` naming only other, known roles, each once."""
+    first: dict[str, int] = {}
+    for index, profile in enumerate(profiles):
+        if profile.role in first:
+            raise ConfigError(
+                f"{_where(source, index, profile.role)}: field 'role' repeats the role of "
+                f"profile {first[profile.role]}; roles must be unique")
+        first[profile.role] = index
+    for index, profile in enumerate(profiles):
+        where = _where(source, index, profile.role)
+        for k, dep in enumerate(profile.depends_on or ()):
+            if dep == profile.role:
+                raise ConfigError(f"{where}: field 'depends_on' names the role itself")
+            if dep not in first:
+                raise ConfigError(
+                    f"{where}: field 'depends_on' names unknown role {dep!r} "
+                    f"(roles: {', '.join(first)})")
+            if dep in profile.depends_on[:k]:
+                raise ConfigError(f"{where}: field 'depends_on' names {dep!r} twice")
+
+
+def _where(source: str, index: int, role: Any) -> str:
+    if isinstance(role, str) and role:
+        return f"{source}: profile {index} (role {role!r})"
+    return f"{source}: profile {index}"
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)

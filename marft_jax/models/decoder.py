@@ -1,0 +1,201 @@
+"""Flax NNX decoder for the Llama and Qwen2 families with stacked per-agent LoRA.
+
+Parameter names follow Hugging Face's module names (`layers[i].self_attn.q_proj.kernel`), so
+the weight import is a transpose and a rename. The key/value cache is a plain pytree
+(`KVCache`) passed in and returned, so a jitted sampler can donate it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from marft_jax.models.config import LoraConfig, ModelConfig
+from marft_jax.models.layers import LoRALinear, RMSNorm, apply_rope, rope_inverse_frequencies
+
+Array = jax.Array
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer, one entry per cache slot.
+
+    Attributes:
+        keys: per layer `[batch, slots, kv_heads, head_dim]`.
+        values: per layer `[batch, slots, kv_heads, head_dim]`.
+    """
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+
+    @classmethod
+    def zeros(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
+        shape = (batch, slots, config.num_kv_heads, config.head_dim)
+        make = lambda: tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+        return cls(keys=make(), values=make())
+
+    @property
+    def slots(self) -> int:
+        return self.keys[0].shape[1]
+
+
+def _lora_for(name: str, lora: LoraConfig | None) -> LoraConfig | None:
+    return lora if lora is not None and name in lora.targets else None
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with rotary embeddings and an optional cache."""
+
+    def __init__(self, config: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        d, hd = c.hidden_size, c.head_dim
+        kw = dict(dtype=c.jnp_dtype, rngs=rngs)
+        self.q_proj = LoRALinear(d, c.num_heads * hd, use_bias=c.attention_bias,
+                                 lora=_lora_for("q_proj", lora), **kw)
+        self.k_proj = LoRALinear(d, c.num_kv_heads * hd, use_bias=c.attention_bias,
+                                 lora=_lora_for("k_proj", lora), **kw)
+        self.v_proj = LoRALinear(d, c.num_kv_heads * hd, use_bias=c.attention_bias,
+                                 lora=_lora_for("v_proj", lora), **kw)
+        self.o_proj = LoRALinear(c.num_heads * hd, d, use_bias=False,
+                                 lora=_lora_for("o_proj", lora), **kw)
+
+    def __call__(self, x: Array, positions: Array, adapter_ids: Array, kv_valid: Array,
+                 write_index: Array, cache_kv: tuple[Array, Array] | None):
+        """Attends from `x` `[batch, tokens, hidden]` to the cache slots.
+
+        Args:
+            x: `[batch, tokens, hidden]` inputs.
+            positions: `[batch, tokens]` RoPE positions.
+            adapter_ids: `[batch]` adapter index per row (< 0: none).
+            kv_valid: `[batch, slots]` bool, which key slots hold real tokens (after this
+                call's tokens are written); without a cache, slots = tokens.
+            write_index: scalar int, the slot of this call's first token.
+            cache_kv: this layer's `(keys, values)` or None.
+
+        Returns:
+            `([batch, tokens, hidden], new (keys, values) or None)`.
+        """
+        c = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x, adapter_ids).reshape(b, t, c.num_heads, c.head_dim)
+        k = self.k_proj(x, adapter_ids).reshape(b, t, c.num_kv_heads, c.head_dim)
+        v = self.v_proj(x, adapter_ids).reshape(b, t, c.num_kv_heads, c.head_dim)
+        inv_freq = rope_inverse_frequencies(c.head_dim, c.rope)
+        q = apply_rope(q, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq)
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            zero = jnp.zeros((), jnp.int32)
+            idx = (zero, write_index.astype(jnp.int32), zero, zero)
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), idx)
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), idx)
+            new_kv = (k, v)
+        else:
+            new_kv = None
+        slots = k.shape[1]
+        q_slot = write_index + jnp.arange(t)  # [tokens]
+        causal = jnp.arange(slots)[None, :] <= q_slot[:, None]  # [tokens, slots]
+        mask = causal[None] & kv_valid[:, None, :]  # [batch, tokens, slots]
+        groups = c.num_heads // c.num_kv_heads
+        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                            preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(x.dtype))
+        out = out.reshape(b, t, c.num_heads * c.head_dim)
+        return self.o_proj(out, adapter_ids), new_kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward block."""
+
+    def __init__(self, config: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        kw = dict(use_bias=False, dtype=config.jnp_dtype, rngs=rngs)
+        self.gate_proj = LoRALinear(d, f, lora=_lora_for("gate_proj", lora), **kw)
+        self.up_proj = LoRALinear(d, f, lora=_lora_for("up_proj", lora), **kw)
+        self.down_proj = LoRALinear(f, d, lora=_lora_for("down_proj", lora), **kw)
+
+    def __call__(self, x: Array, adapter_ids: Array) -> Array:
+        h = jax.nn.silu(self.gate_proj(x, adapter_ids)) * self.up_proj(x, adapter_ids)
+        return self.down_proj(h, adapter_ids)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm transformer block: attention then SwiGLU, each with a residual."""
+
+    def __init__(self, config: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.jnp_dtype)
+        self.self_attn = Attention(config, lora, rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps,
+                                                config.jnp_dtype)
+        self.mlp = MLP(config, lora, rngs)
+
+    def __call__(self, x, positions, adapter_ids, kv_valid, write_index, cache_kv):
+        h, new_kv = self.self_attn(self.input_layernorm(x), positions, adapter_ids, kv_valid,
+                                   write_index, cache_kv)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x), adapter_ids)
+        return x, new_kv
+
+
+class Decoder(nnx.Module):
+    """Causal LM decoder (Llama / Qwen2 / SmolLM2) with stacked LoRA adapters.
+
+    Call it with token ids, positions and one adapter index per row; it returns the final
+    (post-norm) hidden states and the updated cache. `logits(hidden)` applies the LM head.
+    """
+
+    def __init__(self, config: ModelConfig, lora: LoraConfig | None = None, *,
+                 rngs: nnx.Rngs):
+        self.config = config
+        self.lora_config = lora
+        self.embed_tokens = nnx.Param(nnx.initializers.normal(0.02)(
+            rngs.params(), (config.vocab_size, config.hidden_size), config.jnp_dtype))
+        self.layers = nnx.List([DecoderLayer(config, lora, rngs)
+                                for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.jnp_dtype)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Param(nnx.initializers.normal(0.02)(
+                rngs.params(), (config.hidden_size, config.vocab_size), config.jnp_dtype))
+
+    def __call__(self, tokens: Array, positions: Array, adapter_ids: Array, kv_valid: Array,
+                 cache: KVCache | None = None, write_index: Array | int = 0):
+        """Runs the decoder.
+
+        Args:
+            tokens: `[batch, tokens]` int32 ids.
+            positions: `[batch, tokens]` int32 RoPE positions.
+            adapter_ids: `[batch]` int32 adapter per row, or a scalar for all rows; < 0 = none.
+            kv_valid: `[batch, slots]` bool, key slots holding real tokens after this call.
+            cache: optional KVCache with `slots` entries per row.
+            write_index: slot of `tokens[:, 0]` in the cache (0 without a cache).
+
+        Returns:
+            `(hidden [batch, tokens, hidden] post-norm, new cache or None)`.
+        """
+        b = tokens.shape[0]
+        adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
+        write_index = jnp.asarray(write_index, jnp.int32)
+        x = self.embed_tokens[...][tokens]  # [batch, tokens, hidden]
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            kv = (cache.keys[i], cache.values[i]) if cache is not None else None
+            x, new_kv = layer(x, positions, adapter_ids, kv_valid, write_index, kv)
+            if new_kv is not None:
+                new_keys.append(new_kv[0])
+                new_values.append(new_kv[1])
+        hidden = self.norm(x)
+        new_cache = KVCache(tuple(new_keys), tuple(new_values)) if cache is not None else None
+        return hidden, new_cache
+
+    def logits(self, hidden: Array) -> Array:
+        """LM head: `[..., hidden]` -> float32 logits `[..., vocab]`."""
+        w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+        return jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype),
+                          preferred_element_type=jnp.float32)

@@ -1,0 +1,94 @@
+"""Pure functions over the decoder's split state `(graphdef, base, lora)`.
+
+The NNX decoder is split once; everything that runs hot takes the states as arguments and
+merges inside, so params are never closed over and `base` is never differentiated unless a
+caller asks for it. Adapter selection is data (`adapter_ids`), so switching agents never
+recompiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from marft_jax.models.config import LoraConfig, ModelConfig
+from marft_jax.models.decoder import Decoder, KVCache
+
+Array = jax.Array
+BASE_FILTER = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+
+
+def split_model(model: Decoder) -> tuple[Any, nnx.State, nnx.State]:
+    """Splits a decoder into `(graphdef, base, lora)`; `lora` is empty without adapters."""
+    graphdef, base, lora = nnx.split(model, BASE_FILTER, nnx.LoRAParam)
+    return graphdef, base, lora
+
+
+def merge_model(graphdef, base: nnx.State, lora: nnx.State) -> Decoder:
+    """Inverse of `split_model`."""
+    return nnx.merge(graphdef, base, lora)
+
+
+def abstract_model(config: ModelConfig, lora: LoraConfig | None = None):
+    """`(graphdef, base, lora)` with `jax.ShapeDtypeStruct` leaves; allocates nothing."""
+    model = nnx.eval_shape(lambda: Decoder(config, lora, rngs=nnx.Rngs(0)))
+    return split_model(model)
+
+
+def init_model(config: ModelConfig, lora: LoraConfig | None = None, seed: int = 0,
+               *, with_base: bool = True):
+    """Randomly initialised `(graphdef, base, lora)`.
+
+    With `with_base=False` only the LoRA state is materialised (base is None): the whole
+    init runs under jit and XLA drops the unused base initialisation, so a pretrained base
+    can be loaded separately without a wasted full-size random init.
+    """
+    graphdef = abstract_model(config, lora)[0]
+
+    @jax.jit
+    def make():
+        _, base, lora_state = split_model(Decoder(config, lora, rngs=nnx.Rngs(seed)))
+        return (base if with_base else None), lora_state
+
+    base, lora_state = make()
+    return graphdef, base, lora_state
+
+
+def positions_from_mask(mask: Array) -> Array:
+    """RoPE positions `[batch, tokens]` for left-padded rows: index among real tokens."""
+    mask = mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def forward(graphdef, base: nnx.State, lora: nnx.State, tokens: Array, positions: Array,
+            adapter_ids: Array, kv_valid: Array, cache: KVCache | None = None,
+            write_index: Array | int = 0) -> tuple[Array, KVCache | None]:
+    """Decoder forward; returns `(hidden [batch, tokens, hidden], new cache)`.
+
+    See `Decoder.__call__` for the arguments.
+    """
+    model = merge_model(graphdef, base, lora)
+    return model(tokens, positions, adapter_ids, kv_valid, cache, write_index)
+
+
+def lm_logits(graphdef, base: nnx.State, lora: nnx.State, hidden: Array) -> Array:
+    """LM head over `hidden` `[..., hidden]` -> float32 logits `[..., vocab]`."""
+    return merge_model(graphdef, base, lora).logits(hidden)
+
+
+def sequence_logits(graphdef, base: nnx.State, lora: nnx.State, tokens: Array, mask: Array,
+                    adapter_ids: Array | int) -> Array:
+    """Full forward without a cache: logits `[batch, tokens, vocab]` for left-padded rows.
+
+    Args:
+        tokens: `[batch, tokens]` int32.
+        mask: `[batch, tokens]` 1 for real tokens, 0 for padding.
+        adapter_ids: `[batch]` or scalar adapter index (< 0 = base model).
+    """
+    model = merge_model(graphdef, base, lora)
+    mask = mask.astype(bool)
+    hidden, _ = model(tokens, positions_from_mask(mask), adapter_ids, mask)
+    return model.logits(hidden)

@@ -1,0 +1,111 @@
+"""Building blocks of the decoder: RMSNorm, rotary embeddings, and linear layers with
+stacked per-agent LoRA adapters."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from marft_jax.models.config import LoraConfig, RopeConfig
+
+Array = jax.Array
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square layer norm; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), dtype))
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, rope: RopeConfig) -> Array:
+    """Inverse frequencies `[head_dim // 2]` for the configured RoPE variant."""
+    inv = 1.0 / (rope.theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if rope.rope_type == "linear":
+        inv = inv / rope.factor
+    elif rope.rope_type == "llama3":
+        old = rope.original_max_position_embeddings
+        low_wavelen = old / rope.low_freq_factor
+        high_wavelen = old / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * inv / rope.factor + smooth * inv
+        inv = jnp.where(wavelen > low_wavelen, inv / rope.factor,
+                        jnp.where(wavelen < high_wavelen, inv, smoothed))
+    return inv
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotates `x` `[batch, tokens, heads, head_dim]` by `positions` `[batch, tokens]`.
+
+    Uses the "rotate half" layout of Hugging Face Llama / Qwen2 checkpoints.
+    """
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, tokens, head_dim/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class LoRALinear(nnx.Module):
+    """A linear layer `y = x W (+ b)` with optional stacked LoRA adapters.
+
+    The base kernel is `[in, out]`. When LoRA is enabled, `lora_a` is
+    `[num_adapters, in, rank]` and `lora_b` is `[num_adapters, rank, out]` (zero-initialised,
+    so a fresh adapter equals the base exactly). Each batch row selects its adapter with an
+    index; a negative index switches LoRA off for that row (the base policy).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool, dtype,
+                 lora: LoraConfig | None, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.kernel = nnx.Param(init(rngs.params(), (in_dim, out_dim), dtype))
+        self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if use_bias else None
+        self.lora_scale = lora.scale if lora is not None else 0.0
+        if lora is not None:
+            # PEFT's default init of A: kaiming-uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)).
+            bound = 1.0 / math.sqrt(in_dim)
+            self.lora_a = nnx.LoRAParam(jax.random.uniform(
+                rngs.params(), (lora.num_adapters, in_dim, lora.rank), jnp.float32,
+                -bound, bound))
+            self.lora_b = nnx.LoRAParam(jnp.zeros((lora.num_adapters, lora.rank, out_dim),
+                                                  jnp.float32))
+        else:
+            self.lora_a = None
+            self.lora_b = None
+
+    def __call__(self, x: Array, adapter_ids: Array) -> Array:
+        """Applies the layer.
+
+        Args:
+            x: `[batch, tokens, in]`.
+            adapter_ids: `[batch]` int32 adapter index per row; < 0 means no adapter.
+
+        Returns:
+            `[batch, tokens, out]` in x's dtype.
+        """
+        y = jnp.einsum("btd,de->bte", x, self.kernel[...].astype(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        if self.lora_a is not None:
+            ids = jnp.maximum(adapter_ids, 0)
+            a = self.lora_a[...][ids]  # [batch, in, rank]
+            b = self.lora_b[...][ids]  # [batch, rank, out]
+            h = jnp.einsum("btd,bdr->btr", x.astype(jnp.float32), a)
+            delta = jnp.einsum("btr,bre->bte", h, b) * self.lora_scale
+            on = (adapter_ids >= 0)[:, None, None]
+            y = y + jnp.where(on, delta, 0.0).astype(y.dtype)
+        return y

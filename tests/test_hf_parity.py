@@ -1,0 +1,60 @@
+"""Logit parity with transformers' PyTorch Llama / Qwen2 on identical random weights."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from marft_jax.models import functional as F
+from marft_jax.models.config import LoraConfig
+from marft_jax.models.weights import load_model
+
+torch = pytest.importorskip(
+    "torch", reason="parity with transformers needs torch (the 'test' extra; CI installs it)")
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_model(model_type: str, tmp_path):
+    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default",
+                                                      "rope_theta": 10000.0})
+    if model_type == "qwen2":
+        cfg = transformers.Qwen2Config(tie_word_embeddings=True, **common)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(tie_word_embeddings=False, **common)
+        model = transformers.LlamaForCausalLM(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():  # random everything, biases and norms included
+            p.normal_(0.0, 0.1)
+    model.eval()
+    model.save_pretrained(tmp_path)
+    return model
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_logits_match_transformers(model_type, tmp_path):
+    hf = _hf_model(model_type, tmp_path)
+    loaded = load_model(str(tmp_path), lora=LoraConfig(num_adapters=2))
+    cfg = loaded.config
+    assert cfg.model_type == model_type
+    assert cfg.attention_bias == (model_type == "qwen2")
+    assert cfg.tie_word_embeddings == (model_type == "qwen2")
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 256, (3, 12)).astype(np.int64)
+    mask = np.ones_like(tokens)
+    mask[1, :3] = 0  # left padding
+    mask[2, :7] = 0
+    positions = np.clip(np.cumsum(mask, -1) - 1, 0, None)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(positions)).logits.float().numpy()
+    ours = np.asarray(F.sequence_logits(loaded.graphdef, loaded.base, loaded.lora,
+                                        jnp.asarray(tokens, jnp.int32), jnp.asarray(mask), 0))
+    real = mask.astype(bool)
+    diff = float(np.max(np.abs(ours[real] - ref[real])))
+    print(f"{model_type}: max |dlogit| = {diff:.2e}")
+    assert diff <= 1e-4
+

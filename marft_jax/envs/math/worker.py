@@ -1,0 +1,166 @@
+"""A persistent sympy worker process with a hard per-call timeout.
+
+The symbolic comparison can run for ever (the reference grader has no timeout and a
+pathological answer hangs the rollout), so it runs in a child process: a plain
+``python -m marft_jax.envs.math._serve`` subprocess that talks JSON lines over pipes. A reply
+that is late gets the child SIGKILLed, which always works (no cooperation from sympy needed);
+the next call starts a fresh child. A subprocess (not ``multiprocessing`` with ``fork``) keeps
+the worker clear of the parent's threads (JAX's) and does not re-import the parent's
+``__main__``.
+
+The worker starts lazily on the first symbolic comparison; its start-up (about a second,
+mostly importing sympy) is not counted against the per-call timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]
+STARTUP_TIMEOUT_S = 120.0
+DEFAULT_MEMORY_LIMIT_MB = 4096
+
+
+class WorkerStartError(RuntimeError):
+    """The sympy worker process could not be started."""
+
+
+class SympyWorker:
+    """One child process answering ``symbolic_equal`` requests, restarted after a timeout.
+
+    Thread-safe: calls are serialised with a lock. Safe across ``fork``: a forked parent
+    starts its own child instead of sharing the pipes.
+
+    Attributes:
+        memory_limit_mb: address-space cap of the child in MiB (0 = none).
+        restarts: how many times a child was killed or found dead and replaced.
+    """
+
+    def __init__(self, memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB):
+        self.memory_limit_mb = memory_limit_mb
+        self.restarts = 0
+        self._process: subprocess.Popen | None = None
+        self._owner_pid = os.getpid()
+        self._buffer = b""
+        self._lock = threading.Lock()
+
+    def compare(self, prediction: str, reference: str, timeout_s: float) -> bool | None:
+        """Run ``symbolic_equal(prediction, reference)`` in the child.
+
+        Args:
+            prediction: normalised LaTeX answer.
+            reference: normalised LaTeX ground truth.
+            timeout_s: hard limit on the comparison itself, in seconds.
+
+        Returns:
+            The child's answer, or None when it did not answer in time (the child is then
+            killed) or died while answering.
+
+        Raises:
+            WorkerStartError: if a child cannot be started at all.
+        """
+        with self._lock:
+            process = self._ensure_started()
+            request = json.dumps([prediction, reference]).encode() + b"\n"
+            try:
+                process.stdin.write(request)
+                process.stdin.flush()
+            except (BrokenPipeError, OSError):
+                self._kill()
+                return None
+            reply = self._read_line(time.monotonic() + max(timeout_s, 0.0))
+            if reply is None:
+                self._kill()
+                return None
+            try:
+                return bool(json.loads(reply))
+            except ValueError:
+                self._kill()
+                return None
+
+    def close(self) -> None:
+        """Stop the child (if any); a later call starts a new one."""
+        with self._lock:
+            self._kill(count=False)
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running child, or None."""
+        alive = self._process is not None and self._process.poll() is None
+        return self._process.pid if alive and self._owner_pid == os.getpid() else None
+
+    def _ensure_started(self) -> subprocess.Popen:
+        if self._owner_pid != os.getpid():  # forked: the pipes belong to the parent
+            self._process, self._buffer, self._owner_pid = None, b"", os.getpid()
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        if self._process is not None:
+            self._kill()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(_PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        process = subprocess.Popen(
+            [sys.executable, "-m", "marft_jax.envs.math._serve", str(self.memory_limit_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=env, bufsize=0, close_fds=True)
+        self._process, self._buffer = process, b""
+        reply = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
+        if reply != b'"ready"':
+            self._kill(count=False)
+            detail = reply.decode(errors="replace") if reply else "no reply"
+            raise WorkerStartError(f"sympy worker failed to start: {detail}")
+        return process
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        """One line from the child before ``deadline``; None on timeout or end of file."""
+        stdout = self._process.stdout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([stdout], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(stdout.fileno(), 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.strip()
+
+    def _kill(self, count: bool = True) -> None:
+        process, self._process, self._buffer = self._process, None, b""
+        if process is None:
+            return
+        if count:
+            self.restarts += 1
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+_DEFAULT_WORKER: SympyWorker | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_worker() -> SympyWorker:
+    """The process-wide worker used by the grader (created on first use)."""
+    global _DEFAULT_WORKER
+    with _DEFAULT_LOCK:
+        if _DEFAULT_WORKER is None:
+            _DEFAULT_WORKER = SympyWorker()
+            atexit.register(_DEFAULT_WORKER.close)
+        return _DEFAULT_WORKER

@@ -1,0 +1,194 @@
+"""The Flex-MG rollout: `lax.scan` over rounds, a static loop over waves inside.
+
+Each wave assembles its agents' observations from the game state in token space, generates
+for all of its agents x envs in ONE batched call (each row with its own adapter), and writes
+the actions into the round's buffers; after the last wave the round is scored, rewards are
+placed, and the pure transition advances (and resets) the environments.
+
+The policy and the reward are functions passed in:
+- `generate_fn(params, tokens [B, O], mask [B, O], adapter_ids [B], temperatures [B],
+  max_new [B], key) -> Generation` (tokens / mask / logprobs / policy_logprobs `[B, K]`);
+- `reward_fn(problem_ids [E], actions [A, E, K], lengths [A, E]) -> correct [A, E]` float32,
+  either a JAX function (token tasks: the whole rollout is one jit) or a host function
+  wrapped by `host_reward` (`jax.pure_callback`: detokenise, extract, grade).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from marft_jax.errors import ConfigError
+from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
+from marft_jax.flexmg.layout import ObservationLayout
+from marft_jax.flexmg.profiles import Team
+from marft_jax.flexmg.trajectory import Trajectory
+
+Array = jax.Array
+PLACEMENTS = ("last", "team", "answering")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Static sizes and rules of a rollout.
+
+    Attributes:
+        num_rounds: rounds collected per call (R; the reference's episode_length).
+        horizon: rounds per episode before it is cut (reference default 3).
+        obs_tokens: observation width O.
+        action_tokens: response width K (the largest per-agent max_new_tokens).
+        reward_placement: "last" (reference: the score to the last decision only), "team"
+            (every agent gets the score) or "answering" (each answering agent gets its own
+            correctness).
+        pad_id: padding token id.
+    """
+
+    num_rounds: int = 1
+    horizon: int = 3
+    obs_tokens: int = 512
+    action_tokens: int = 64
+    reward_placement: str = "last"
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.reward_placement not in PLACEMENTS:
+            raise ConfigError(f"config: field 'reward_placement' is {self.reward_placement!r}; "
+                              f"choose one of {list(PLACEMENTS)}")
+        for name in ("num_rounds", "horizon", "obs_tokens", "action_tokens"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config: field {name!r} must be positive")
+
+
+def place_rewards(correct: Array, answer_mask: np.ndarray, last_agent: int,
+                  placement: str) -> tuple[Array, Array]:
+    """Task score and per-decision rewards of one round.
+
+    Args:
+        correct: `[A, E]` float32, each agent's answer graded (ignored for non-answerers).
+        answer_mask: `[A]` bool, agents whose output is graded.
+        last_agent: profile index of the last decision in the round.
+        placement: see `RolloutConfig.reward_placement`.
+
+    Returns:
+        `(score [E], rewards [A, E])`; score = mean correctness over answering agents.
+    """
+    answer = jnp.asarray(answer_mask, jnp.float32)[:, None]  # [A, 1]
+    score = jnp.sum(correct * answer, axis=0) / jnp.maximum(jnp.sum(answer), 1.0)  # [E]
+    if placement == "last":
+        rewards = jnp.zeros_like(correct).at[last_agent].set(score)
+    elif placement == "team":
+        rewards = jnp.broadcast_to(score, correct.shape)
+    else:
+        rewards = correct * answer
+    return score, rewards
+
+
+def host_reward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+                num_agents: int) -> Callable[[Array, Array, Array], Array]:
+    """Wraps a NumPy reward `(problem_ids, actions, lengths) -> [A, E]` for use under jit."""
+
+    def call(problem_ids, actions, lengths):
+        shape = jax.ShapeDtypeStruct((num_agents, problem_ids.shape[-1]), jnp.float32)
+
+        def host(p, a, n):
+            return np.asarray(fn(np.asarray(p), np.asarray(a), np.asarray(n)), np.float32)
+
+        return jax.pure_callback(host, shape, problem_ids, actions, lengths,
+                                 vmap_method="sequential")
+
+    return call
+
+
+def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
+                 generate_fn: Callable[..., Any], reward_fn: Callable[..., Array],
+                 config: RolloutConfig, *, max_new_tokens: int | None = None,
+                 temperature: float = 0.5,
+                 topology_fn: Callable[[GameState], Array] | None = None):
+    """Builds `rollout(params, game, key) -> (game, Trajectory)`; pure and jittable.
+
+    Args:
+        team: the agents, their adapters and the dependency graph.
+        layout: observation token segments.
+        problems: the pre-tokenised problem table.
+        generate_fn, reward_fn: see the module docstring.
+        config: static rollout sizes.
+        max_new_tokens: default response budget (per-agent overrides from the profiles).
+        temperature: default sampling temperature (per-agent overrides from the profiles).
+        topology_fn: optional `game -> [E, A, A]` bool mask switching dependency edges off
+            per env for this round (dynamic topologies); ANDed with the static graph.
+    """
+    graph = team.graph
+    num_agents, k = team.num_agents, config.action_tokens
+    order = tuple(graph.order)
+    adapter_of = np.asarray(team.adapter_index, np.int32)
+    budgets = np.minimum(np.asarray(team.max_new_tokens_per_agent(max_new_tokens or k)), k)
+    temps = np.asarray(team.temperature_per_agent(temperature), np.float32)
+    answer_mask = np.asarray(team.answer_mask, bool)
+
+    def visibility(game: GameState) -> Array:
+        static = jnp.asarray(graph.adjacency)  # [A, A]
+        if topology_fn is None:
+            return jnp.broadcast_to(static, (game.num_envs, num_agents, num_agents))
+        return graph.dependency_mask(topology_fn(game))
+
+    def play_round(params, game: GameState, key: Array):
+        e = game.num_envs
+        visible = visibility(game)  # [E, A, A]
+        actions = jnp.full((num_agents, e, k), config.pad_id, jnp.int32)
+        lengths = jnp.zeros((num_agents, e), jnp.int32)
+        action_mask = jnp.zeros((num_agents, e, k), bool)
+        blp = jnp.zeros((num_agents, e, k), jnp.float32)
+        plp = jnp.zeros((num_agents, e, k), jnp.float32)
+        obs = jnp.zeros((num_agents, e, config.obs_tokens), jnp.int32)
+        obs_mask = jnp.zeros((num_agents, e, config.obs_tokens), bool)
+        overflow = game.overflow
+        for w, wave in enumerate(graph.waves):
+            wave = tuple(wave)
+            parts = [observe(game, layout, i, actions, lengths, visible[:, i], order,
+                             config.obs_tokens, config.pad_id) for i in wave]
+            wave_obs = jnp.stack([p[0] for p in parts])  # [W, E, O]
+            wave_mask = jnp.stack([p[1] for p in parts])
+            for p in parts:
+                overflow = overflow | p[2]
+            rows = len(wave) * e
+            per_row = lambda values: jnp.repeat(jnp.asarray(np.asarray(values)[list(wave)]), e)  # [W*E]
+            gen = generate_fn(params, wave_obs.reshape(rows, -1), wave_mask.reshape(rows, -1),
+                              per_row(adapter_of), per_row(temps), per_row(budgets),
+                              jax.random.fold_in(key, w))
+            idx = jnp.asarray(wave)
+            shape = (len(wave), e, k)
+            actions = actions.at[idx].set(gen.tokens.reshape(shape))
+            action_mask = action_mask.at[idx].set(gen.mask.reshape(shape))
+            lengths = lengths.at[idx].set(jnp.sum(gen.mask, -1).reshape(len(wave), e))
+            blp = blp.at[idx].set(gen.logprobs.reshape(shape))
+            plp = plp.at[idx].set(gen.policy_logprobs.reshape(shape))
+            obs = obs.at[idx].set(wave_obs)
+            obs_mask = obs_mask.at[idx].set(wave_mask)
+        correct = reward_fn(game.problem_id, actions, lengths)  # [A, E]
+        score, rewards = place_rewards(correct, answer_mask, order[-1], config.reward_placement)
+        next_game, done = transition(game.replace(overflow=overflow), layout, problems,
+                                     actions, lengths, order, score, config.horizon)
+        out = (obs, obs_mask, actions, action_mask, blp, plp, rewards, done, score)
+        return next_game, out
+
+    def rollout(params, game: GameState, key: Array) -> tuple[GameState, Trajectory]:
+        step = lambda g, round_key: play_round(params, g, round_key)
+        game, out = jax.lax.scan(step, game, jax.random.split(key, config.num_rounds))
+        obs, obs_mask, actions, action_mask, blp, plp, rewards, dones, scores = out
+        first = order[0]
+        empty = jnp.zeros((num_agents, game.num_envs, k), jnp.int32)
+        none_visible = jnp.zeros((game.num_envs, num_agents), bool)
+        next_obs, next_mask, _ = observe(game, layout, first, empty, empty[..., 0],
+                                         none_visible, order, config.obs_tokens, config.pad_id)
+        traj = Trajectory(obs_tokens=obs, obs_mask=obs_mask, action_tokens=actions,
+                          action_mask=action_mask, behaviour_logprobs=blp,
+                          policy_logprobs=plp, rewards=rewards, dones=dones, scores=scores,
+                          next_obs_tokens=next_obs, next_obs_mask=next_mask,
+                          adapter_ids=jnp.asarray(adapter_of))
+        return game, traj
+
+    return rollout

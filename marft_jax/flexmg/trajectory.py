@@ -1,0 +1,82 @@
+"""The Trajectory pytree: what a Flex-MG rollout produces and a PPO update consumes.
+
+Axes are explicit and never flattened implicitly:
+  R = rounds collected per update, A = agents (profile order), E = environments,
+  O = observation tokens (left-padded), K = action tokens (right-padded).
+The agents' decision order within a round (the linearised dependency graph) is given by
+`DependencyGraph.order`; GAE follows it, the arrays stay in profile order.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+
+@struct.dataclass
+class Trajectory:
+    """One rollout of R rounds over E environments by A agents.
+
+    Attributes:
+        obs_tokens: `[R, A, E, O]` int32, each decision's observation, left-padded.
+        obs_mask: `[R, A, E, O]` bool, real observation tokens.
+        action_tokens: `[R, A, E, K]` int32, the sampled response, right-padded.
+        action_mask: `[R, A, E, K]` bool, real response tokens (the stop token included).
+        behaviour_logprobs: `[R, A, E, K]` float32, log-probs under the distribution actually
+            sampled from (temperature / top-k / top-p applied).
+        policy_logprobs: `[R, A, E, K]` float32, log-probs of the same tokens under the raw
+            (untempered) policy at rollout time: PPO's "old" log-probs.
+        rewards: `[R, A, E]` float32, reward of each decision after placement (reference:
+            the score in the last agent's slot).
+        dones: `[R, E]` bool, the episode ended after round r (the env was then reset).
+        scores: `[R, E]` float32, the task score of round r (fraction of answering agents
+            correct), for metrics.
+        next_obs_tokens: `[E, O]` int32, observation of the first decision of round R (the
+            bootstrap state), left-padded.
+        next_obs_mask: `[E, O]` bool.
+        adapter_ids: `[A]` int32, the adapter each agent uses.
+    """
+
+    obs_tokens: Array
+    obs_mask: Array
+    action_tokens: Array
+    action_mask: Array
+    behaviour_logprobs: Array
+    policy_logprobs: Array
+    rewards: Array
+    dones: Array
+    scores: Array
+    next_obs_tokens: Array
+    next_obs_mask: Array
+    adapter_ids: Array
+
+    @property
+    def num_rounds(self) -> int:
+        return self.obs_tokens.shape[0]
+
+    @property
+    def num_agents(self) -> int:
+        return self.obs_tokens.shape[1]
+
+    @property
+    def num_envs(self) -> int:
+        return self.obs_tokens.shape[2]
+
+    def check_shapes(self) -> None:
+        """Asserts the axis contract with chex (callable inside jit)."""
+        import chex
+
+        r, a, e, o = self.obs_tokens.shape
+        k = self.action_tokens.shape[-1]
+        chex.assert_shape([self.obs_tokens, self.obs_mask], (r, a, e, o))
+        chex.assert_shape([self.action_tokens, self.action_mask, self.behaviour_logprobs,
+                           self.policy_logprobs], (r, a, e, k))
+        chex.assert_shape(self.rewards, (r, a, e))
+        chex.assert_shape([self.dones, self.scores], (r, e))
+        chex.assert_shape([self.next_obs_tokens, self.next_obs_mask], (e, o))
+        chex.assert_shape(self.adapter_ids, (a,))
+        chex.assert_type([self.obs_tokens, self.action_tokens, self.next_obs_tokens,
+                          self.adapter_ids], jnp.int32)

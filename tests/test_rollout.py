@@ -1,0 +1,191 @@
+"""The Flex-MG rollout: observations in token space, rewards, dones and judge lines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from marft_jax.envs.math.grader import grade_answer
+from marft_jax.flexmg.game import ProblemTable, init_game
+from marft_jax.flexmg.layout import build_layout, state_capacity
+from marft_jax.flexmg.profiles import team_from_dicts
+from marft_jax.flexmg.rollout import RolloutConfig, host_reward, make_rollout
+from tests.fake_tokenizer import ByteTokenizer
+
+TOK = ByteTokenizer()
+K = 24  # action width
+
+
+@struct.dataclass
+class FakeGeneration:
+    tokens: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    policy_logprobs: jax.Array
+
+
+def scripted_policy(script):
+    """A host policy: `script(role_index, observation_text) -> response text`."""
+
+    def host(tokens, mask, adapter_ids):
+        out = np.zeros((tokens.shape[0], K), np.int32)
+        lens = np.zeros((tokens.shape[0],), np.int32)
+        for row in range(tokens.shape[0]):
+            text = TOK.decode(tokens[row][mask[row]])
+            ids = TOK.encode(script(int(adapter_ids[row]), text))[:K]
+            out[row, :len(ids)] = ids
+            lens[row] = len(ids)
+        return out, lens
+
+    def generate(params, tokens, mask, adapter_ids, temperatures, max_new, key):
+        shapes = (jax.ShapeDtypeStruct((tokens.shape[0], K), jnp.int32),
+                  jax.ShapeDtypeStruct((tokens.shape[0],), jnp.int32))
+        out, lens = jax.pure_callback(host, shapes, tokens, mask, adapter_ids,
+                                      vmap_method="sequential")
+        valid = jnp.arange(K)[None] < lens[:, None]
+        zeros = jnp.zeros(out.shape, jnp.float32)
+        return FakeGeneration(out, valid, zeros, zeros)
+
+    return generate
+
+
+def math_reward(problems, team):
+    answers = [p[1] for p in problems]
+
+    def fn(problem_ids, actions, lengths):
+        correct = np.zeros(lengths.shape, np.float32)
+        for i, answering in enumerate(team.answer_mask):
+            if not answering:
+                continue
+            for e, pid in enumerate(problem_ids):
+                text = TOK.decode(actions[i, e, :lengths[i, e]])
+                correct[i, e] = float(grade_answer(text, answers[pid]))
+        return correct
+
+    return host_reward(fn, team.num_agents)
+
+
+def _table(problems):
+    rows = [TOK.encode(p[0]) for p in problems]
+    width = max(len(r) for r in rows)
+    tokens = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, :len(r)] = r
+    return ProblemTable(tokens=jnp.asarray(tokens), lengths=jnp.array([len(r) for r in rows]))
+
+
+def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement="last"):
+    layout = build_layout(team, TOK, style)
+    table = _table(problems)
+    state_size = state_capacity(layout, table.tokens.shape[1], K, team.num_agents, horizon)
+    config = RolloutConfig(num_rounds=rounds, horizon=horizon, obs_tokens=512,
+                           action_tokens=K, reward_placement=placement)
+    rollout = make_rollout(team, layout, table, scripted_policy(script),
+                           math_reward(problems, team), config)
+    # Problem order from the key: the test uses one problem table of size 1 or a fixed order.
+    game = init_game(layout, table, envs, state_size, jax.random.key(0))
+    game, traj = jax.jit(rollout)(None, game, jax.random.key(1))
+    traj.check_shapes()
+    return game, traj, layout
+
+
+def _text(tokens, mask):
+    return TOK.decode(np.asarray(tokens)[np.asarray(mask)])
+
+
+REF_TRIO = [
+    {"role": "reasoner", "prompt": "<|im_start|>system: R<|im_end|>", "with_answer": False},
+    {"role": "actor", "prompt": "<|im_start|>system: A<|im_end|>", "with_answer": True},
+    {"role": "verifier", "prompt": "<|im_start|>system: V<|im_end|>", "with_answer": False},
+]
+
+
+def test_chain_observations_hold_exactly_the_expected_tokens():
+    team = team_from_dicts(REF_TRIO)
+    outputs = {0: "plan", 1: "\\boxed{5}", 2: "ok"}
+    _, traj, _ = _run(team, [("2+3?", "5")], lambda a, _: outputs[a], style="reference",
+                      rounds=1)
+    state = "<|im_start|>problem: 2+3?<|im_end|>\n"
+    expected = [
+        "<|im_start|>system: R<|im_end|>" + state + "<|im_start|>reasoner: ",
+        "<|im_start|>system: A<|im_end|>" + state + "<|im_start|>reasoner: plan<|im_end|>\n"
+        + "<|im_start|>actor: ",
+        "<|im_start|>system: V<|im_end|>" + state + "<|im_start|>reasoner: plan<|im_end|>\n"
+        + "<|im_start|>actor: \\boxed{5}<|im_end|>\n<|im_start|>verifier: ",
+    ]
+    for agent, text in enumerate(expected):
+        assert _text(traj.obs_tokens[0, agent, 0], traj.obs_mask[0, agent, 0]) == text
+        # Left padding: the real tokens end at the last position.
+        assert bool(traj.obs_mask[0, agent, 0, -1])
+        assert TOK.decode(traj.action_tokens[0, agent, 0][traj.action_mask[0, agent, 0]]) \
+            == outputs[agent]
+    # Correct answer: the reference places the score in the last slot only, and the episode ends.
+    np.testing.assert_array_equal(np.asarray(traj.rewards[0, :, 0]), [0.0, 0.0, 1.0])
+    assert bool(traj.dones[0, 0])
+
+
+def test_parallel_wave_observations_in_chat_layout():
+    team = team_from_dicts([
+        {"role": "solver_a", "prompt": "SA", "with_answer": True, "depends_on": []},
+        {"role": "solver_b", "prompt": "SB", "with_answer": True, "depends_on": []},
+        {"role": "aggregator", "prompt": "AG", "with_answer": True,
+         "depends_on": ["solver_a", "solver_b"]},
+    ])
+    outputs = {0: "\\boxed{7}", 1: "\\boxed{8}", 2: "\\boxed{7}"}
+    _, traj, _ = _run(team, [("3+4?", "7")], lambda a, _: outputs[a], style="chat",
+                      rounds=1, placement="answering")
+    user_open = "<|im_start|>user\n"
+    turn = "<|im_end|>\n<|im_start|>assistant\n"
+    expected = {
+        0: f"<|im_start|>system\nSA<|im_end|>\n{user_open}problem: 3+4?\n{turn}solver_a: ",
+        1: f"<|im_start|>system\nSB<|im_end|>\n{user_open}problem: 3+4?\n{turn}solver_b: ",
+        2: f"<|im_start|>system\nAG<|im_end|>\n{user_open}problem: 3+4?\n"
+           f"solver_a: \\boxed{{7}}\nsolver_b: \\boxed{{8}}\n{turn}aggregator: ",
+    }
+    for agent, text in expected.items():
+        assert _text(traj.obs_tokens[0, agent, 0], traj.obs_mask[0, agent, 0]) == text
+    # Solvers of one wave do not see each other; answering placement grades each answerer.
+    np.testing.assert_array_equal(np.asarray(traj.rewards[0, :, 0]), [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(float(traj.scores[0, 0]), 2 / 3, rtol=1e-6)
+
+
+def test_two_round_episode_with_scripted_policy():
+    team = team_from_dicts(REF_TRIO[:2])
+    problems = [("What is 2+3?", "5")]
+
+    def script(agent, obs_text):
+        wrong_before = "judge: The answer is incorrect." in obs_text
+        if agent == 0:
+            return "retry" if wrong_before else "add"
+        return "\\boxed{5}" if wrong_before else "\\boxed{6}"
+
+    game, traj, layout = _run(team, problems, script, style="reference", rounds=3, horizon=3)
+    # Round 0 wrong, round 1 right (episode ends, env resets), round 2 wrong again.
+    np.testing.assert_array_equal(np.asarray(traj.scores[:, 0]), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(traj.dones[:, 0]), [False, True, False])
+    np.testing.assert_array_equal(np.asarray(traj.rewards[:, :, 0]),
+                                  [[0.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    # Round 1's observation holds round 0's history and the judge line, as in the reference.
+    round1_actor = _text(traj.obs_tokens[1, 1, 0], traj.obs_mask[1, 1, 0])
+    assert round1_actor == (
+        "<|im_start|>system: A<|im_end|><|im_start|>problem: What is 2+3?<|im_end|>\n"
+        "reasoner: add\nactor: \\boxed{6}\njudge: The answer is incorrect.\n"
+        "<|im_start|>reasoner: retry<|im_end|>\n<|im_start|>actor: ")
+    # After the reset, round 2 starts from the bare problem again.
+    round2_reasoner = _text(traj.obs_tokens[2, 0, 0], traj.obs_mask[2, 0, 0])
+    assert round2_reasoner.endswith("<|im_start|>problem: What is 2+3?<|im_end|>\n"
+                                    "<|im_start|>reasoner: ")
+    # The state after the last (wrong) round holds its judge line; bootstrap obs is agent 0's.
+    state = TOK.decode(np.asarray(game.tokens[0, :int(game.length[0])]))
+    assert state.endswith("judge: The answer is incorrect.\n")
+    assert int(game.round[0]) == 1
+    assert _text(traj.next_obs_tokens[0], traj.next_obs_mask[0]).endswith("<|im_start|>reasoner: ")
+    assert not bool(game.overflow[0])
+
+
+def test_horizon_ends_an_unsolved_episode():
+    team = team_from_dicts(REF_TRIO[:2])
+    _, traj, _ = _run(team, [("1+1?", "2")], lambda a, _: "\\boxed{3}", style="reference",
+                      rounds=4, horizon=2)
+    np.testing.assert_array_equal(np.asarray(traj.dones[:, 0]), [False, True, False, True])
+    assert float(jnp.sum(traj.rewards)) == 0.0

@@ -1,4 +1,4 @@
-"""A thin tokenizer wrapper: chat templates, left-padded batches, and GGUF vocabularies.
+r"""A thin tokenizer wrapper: chat templates, left-padded batches, and GGUF vocabularies.
 
 `Tokenizer` wraps a transformers `PreTrainedTokenizerFast` (no torch involved). It loads from a
 local Hugging Face directory, or from a GGUF file: the vocabulary, merges and chat template that
@@ -8,6 +8,11 @@ written once into a cache directory keyed by a hash of that metadata, and loaded
 The rebuild follows transformers' own GGUF conversion (`integrations/gguf/
 gguf_tokenizer_mapping.py` in transformers 5), so the ids match `AutoTokenizer.from_pretrained(
 ..., gguf_file=...)`, which is not used here because it imports torch.
+
+One divergence is inherited on purpose: for `tokenizer.ggml.pre == "smollm"` llama.cpp (like
+SmolLM2's own `tokenizer.json`) splits off every digit before GPT-2's pattern, while transformers'
+GGUF conversion keeps GPT-2's pattern alone. Ids differ only where whitespace runs meet a digit:
+`"\n\n1."` is `Ċ Ċ 1 .` here and `ĊĊ 1 .` in llama.cpp.
 """
 
 from __future__ import annotations
@@ -51,6 +56,22 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+_QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _PRE_TOKENIZER_SPLITS = {
     **dict.fromkeys(
         ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
@@ -58,6 +79,9 @@ _PRE_TOKENIZER_SPLITS = {
         _LLAMA3_SPLIT,
     ),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez"), _QWEN2_SPLIT),
+    "qwen35": _QWEN35_SPLIT,
+    "tekken": _TEKKEN_SPLIT,
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _GPT4O_SPLIT),
 }
 # Values whose GPT-2 default is what transformers uses without comment.
 _DEFAULT_PRE = {None, "default", "gpt2", "smollm"}
@@ -93,7 +117,9 @@ def _special(header: GGUFHeader, tokens: Sequence[str], name: str) -> str | None
     if token_id is None:
         return None
     if not 0 <= token_id < len(tokens):
-        raise ConfigError(f"{header.path}: tokenizer.ggml.{name}_token_id={token_id} is out of range")
+        raise ConfigError(
+            f"{header.path}: tokenizer.ggml.{name}_token_id={token_id} is out of range"
+        )
     return tokens[token_id]
 
 
@@ -141,7 +167,10 @@ def build_gguf_tokenizer(header: GGUFHeader) -> PreTrainedTokenizerFast:
         ])
     else:
         if pre not in _DEFAULT_PRE:
-            warnings.warn(f"{header.path}: unknown tokenizer.ggml.pre {pre!r}; using GPT-2's split")
+            warnings.warn(
+                f"{header.path}: unknown tokenizer.ggml.pre {pre!r}; using GPT-2's split",
+                stacklevel=2,
+            )
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     types = md.get("tokenizer.ggml.token_type") or []
@@ -149,11 +178,13 @@ def build_gguf_tokenizer(header: GGUFHeader) -> PreTrainedTokenizerFast:
     # llama.cpp mislabel and is skipped, as transformers does. User-defined ones are plain.
     backend.add_special_tokens([
         AddedToken(token, normalized=False, special=True)
-        for token, kind in zip(tokens, types) if kind == _CONTROL and set(token) <= alphabet
+        for token, kind in zip(tokens, types, strict=False)
+        if kind == _CONTROL and set(token) <= alphabet
     ])
     backend.add_tokens([
         AddedToken(token, normalized=False, special=False)
-        for token, kind in zip(tokens, types) if kind == _USER_DEFINED and token in vocab
+        for token, kind in zip(tokens, types, strict=False)
+        if kind == _USER_DEFINED and token in vocab
     ])
     specials = {
         f"{name}_token": _special(header, tokens, key)
@@ -250,7 +281,9 @@ class Tokenizer:
         header = read_gguf_header(path)
         root = os.path.expanduser(os.fspath(cache_dir)) if cache_dir else default_cache_dir()
         target = os.path.join(root, gguf_tokenizer_key(header))
-        if not os.path.isdir(target):
+        if not os.path.isfile(os.path.join(target, "tokenizer.json")):
+            if os.path.isdir(target):  # damaged by hand: entries are written atomically
+                shutil.rmtree(target)
             _write_gguf_tokenizer(header, target)
         return cls(_load_directory(target), os.fspath(path))
 
@@ -268,6 +301,7 @@ class Tokenizer:
 
     @property
     def eos_token_id(self) -> int:
+        """The end-of-sequence id."""
         return int(self._hf.eos_token_id)
 
     @property
@@ -278,6 +312,7 @@ class Tokenizer:
 
     @property
     def bos_token_id(self) -> int | None:
+        """The beginning-of-sequence id, or None."""
         bos = self._hf.bos_token_id
         return None if bos is None else int(bos)
 
@@ -294,6 +329,7 @@ class Tokenizer:
         return tuple(dict.fromkeys(ids))
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
+        """Id of one token string, or ids of a list of them."""
         return self._hf.convert_tokens_to_ids(tokens)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
@@ -365,4 +401,5 @@ class Tokenizer:
         return ids, mask
 
     def __repr__(self) -> str:
+        """Source and vocabulary size."""
         return f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size})"

@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from marft_jax.envs.math.grader import grade_answer
-from marft_jax.flexmg.game import ProblemTable, init_game
+from marft_jax.envs.math.datasets import MathProblem
+from marft_jax.envs.math.task import build_math_task
+from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.layout import build_layout, state_capacity
 from marft_jax.flexmg.profiles import team_from_dicts
-from marft_jax.flexmg.rollout import RolloutConfig, host_reward, make_rollout
+from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from tests.fake_tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -49,39 +50,15 @@ def scripted_policy(script):
     return generate
 
 
-def math_reward(problems, team):
-    answers = [p[1] for p in problems]
-
-    def fn(problem_ids, actions, lengths):
-        correct = np.zeros(lengths.shape, np.float32)
-        for i, answering in enumerate(team.answer_mask):
-            if not answering:
-                continue
-            for e, pid in enumerate(problem_ids):
-                text = TOK.decode(actions[i, e, :lengths[i, e]])
-                correct[i, e] = float(grade_answer(text, answers[pid]))
-        return correct
-
-    return host_reward(fn, team.num_agents)
-
-
-def _table(problems):
-    rows = [TOK.encode(p[0]) for p in problems]
-    width = max(len(r) for r in rows)
-    tokens = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, :len(r)] = r
-    return ProblemTable(tokens=jnp.asarray(tokens), lengths=jnp.array([len(r) for r in rows]))
-
-
 def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement="last"):
     layout = build_layout(team, TOK, style)
-    table = _table(problems)
+    task = build_math_task([MathProblem(q, a, str(i)) for i, (q, a) in enumerate(problems)], TOK)
+    table = task.table
     state_size = state_capacity(layout, table.tokens.shape[1], K, team.num_agents, horizon)
     config = RolloutConfig(num_rounds=rounds, horizon=horizon, obs_tokens=512,
                            action_tokens=K, reward_placement=placement)
     rollout = make_rollout(team, layout, table, scripted_policy(script),
-                           math_reward(problems, team), config)
+                           task.reward_fn(TOK, team.answer_mask), config)
     # Problem order from the key: the test uses one problem table of size 1 or a fixed order.
     game = init_game(layout, table, envs, state_size, jax.random.key(0))
     game, traj = jax.jit(rollout)(None, game, jax.random.key(1))

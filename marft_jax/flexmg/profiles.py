@@ -21,13 +21,13 @@ from typing import Any
 from absl import logging
 
 from marft_jax.errors import ConfigError
+from marft_jax.paths import DATA_ENV_VAR, data_root, project_root
 from marft_jax.flexmg.graph import DependencyGraph
 
 _FIELDS = ("role", "prompt", "with_answer", "depends_on", "adapter", "max_new_tokens",
            "temperature")
 _IGNORED_FIELDS = ("device",)  # reference per-agent GPU placement; the mesh decides here
 _REQUIRED_FIELDS = ("role", "prompt")
-DATA_ENV_VAR = "MARFT_JAX_DATA"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,19 +221,6 @@ def available_teams() -> tuple[str, ...]:
         if folder.is_dir():
             names.update(p.stem for p in folder.glob("*.json"))
     return tuple(sorted(names))
-
-
-def project_root() -> Path:
-    """The project root (the folder holding `marft_jax/` and `configs/`)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def data_root() -> Path:
-    """The shared data root: `$MARFT_JAX_DATA`, else `../shared/data` beside the project."""
-    override = os.environ.get(DATA_ENV_VAR)
-    if override:
-        return Path(override)
-    return project_root().parent / "shared" / "data"
 
 
 def _profile_from_dict(obj: Any, index: int, source: str) -> AgentProfile:

@@ -79,7 +79,6 @@ class GGUFHeader:
         tensor_shapes: tensor name -> shape in numpy order (GGUF stores it reversed), e.g.
             `token_embd.weight -> (vocab, hidden)`.
         tensor_types: tensor name -> ggml type id (`gguf.GGMLQuantizationType`).
-        metadata_nbytes: byte length of the magic, counts and key/value section.
     """
 
     path: str
@@ -87,7 +86,6 @@ class GGUFHeader:
     metadata: Mapping[str, Any]
     tensor_shapes: Mapping[str, tuple[int, ...]]
     tensor_types: Mapping[str, int]
-    metadata_nbytes: int
 
 
 class _Cursor:
@@ -172,7 +170,6 @@ def _parse_header(cursor: _Cursor) -> GGUFHeader:
     for _ in range(kv_count):
         key = cursor.string()
         metadata[key] = cursor.value(cursor.scalar("<I"))
-    metadata_nbytes = cursor.offset
     shapes, types = {}, {}
     for _ in range(tensor_count):
         name = cursor.string()
@@ -181,7 +178,7 @@ def _parse_header(cursor: _Cursor) -> GGUFHeader:
         types[name] = cursor.scalar("<I")
         cursor.scalar("<Q")  # offset of the data, relative to the data section
         shapes[name] = tuple(reversed(dims))
-    return GGUFHeader(cursor.path, version, metadata, shapes, types, metadata_nbytes)
+    return GGUFHeader(cursor.path, version, metadata, shapes, types)
 
 
 def _architecture(header: GGUFHeader) -> str:
@@ -222,7 +219,10 @@ def config_from_header(header: GGUFHeader) -> dict[str, Any]:
         ConfigError: unsupported architecture or rotary scheme, or missing metadata.
     """
     arch = _architecture(header)
-    key = lambda name, default=_REQUIRED: _arch_key(header, arch, name, default)  # noqa: E731
+
+    def key(name: str, default: Any = _REQUIRED) -> Any:
+        return _arch_key(header, arch, name, default)
+
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", hidden // heads))
     if int(key("attention.value_length", head_dim)) != head_dim:
@@ -256,7 +256,9 @@ def config_from_header(header: GGUFHeader) -> dict[str, Any]:
         "max_position_embeddings": int(key("context_length")),
         # llama.cpp writes `output.weight` only when it is not the embedding matrix.
         "tie_word_embeddings": "output.weight" not in header.tensor_shapes,
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(key("rope.freq_base", 1e4))},
+        "rope_parameters": {
+            "rope_type": "default", "rope_theta": float(key("rope.freq_base", 10000.0)),
+        },
         "attention_bias": arch == "qwen2" or "blk.0.attn_q.bias" in header.tensor_shapes,
     }
     for name in ("bos", "eos", "padding"):

@@ -63,8 +63,11 @@ class ModelSource:
     hf_dir: str | None = None
 
     def __post_init__(self):
+        """Checks that `kind` and the two optional paths agree."""
         if self.kind not in ("gguf", "hf"):
-            raise ConfigError(f"model {self.name!r}: kind must be 'gguf' or 'hf', not {self.kind!r}")
+            raise ConfigError(
+                f"model {self.name!r}: kind must be 'gguf' or 'hf', not {self.kind!r}"
+            )
         expected = (self.path, None) if self.kind == "gguf" else (None, self.path)
         if (self.gguf_path, self.hf_dir) != expected:
             raise ConfigError(

@@ -21,9 +21,8 @@ from pathlib import Path
 from marft_jax.envs.math.extract import extract_reference
 from marft_jax.envs.math.normalize import normalize_answer
 from marft_jax.errors import ConfigError
+from marft_jax.paths import DATA_ENV_VAR as ENV_VAR, data_root
 
-ENV_VAR = "MARFT_JAX_DATA"
-_PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 # name -> split -> file path relative to the math data root.
 DATASETS: dict[str, dict[str, str]] = {
@@ -57,11 +56,8 @@ class MathProblem:
 
 def default_data_root() -> Path:
     """The math data directory: ``$MARFT_JAX_DATA`` (or its ``math/``), else the shared one."""
-    configured = os.environ.get(ENV_VAR)
-    if configured:
-        root = Path(configured).expanduser()
-        return root / "math" if (root / "math").is_dir() else root
-    return _PROJECT_ROOT.parent / "shared" / "data" / "math"
+    root = data_root()
+    return root / "math" if (root / "math").is_dir() or ENV_VAR not in os.environ else root
 
 
 def resolve_dataset_path(name_or_path: str | os.PathLike, split: str = "test", *,

@@ -65,7 +65,8 @@ def answer_phrase(text: str) -> str | None:
 
     The answer runs to the end of its sentence: a newline, a ``.`` followed by a space or the
     end of the text (a decimal point does not end it), a ``;``, a ``?``, a comma outside
-    brackets and ``$...$`` followed by a space, or "I hope". Markdown bold and surrounding spaces are removed.
+    brackets and ``$...$`` followed by a space, or "I hope". Markdown bold and surrounding
+    spaces are removed.
 
     Returns:
         The answer text, or None if no phrase is followed by an answer.

@@ -13,9 +13,9 @@ Grammar (a recursive-descent parser over a flat token list)::
               | \\sin x, \\log_b(x), ... | \\lfloor x \\rfloor | \\lceil x \\rceil
 
 Implicit multiplication covers ``2\\pi``, ``3\\sqrt{2}``, ``2x`` and ``(x+1)(x-1)``; letters
-run together multiply (``xy`` = x*y); ``i`` is the imaginary unit; ``52_8`` is a number in
-base 8. Anything else raises ``LatexParseError``. This module imports sympy; the grader only
-imports it inside its worker process.
+run together multiply (``xy`` = x*y); ``i`` is the imaginary unit. Anything else (including
+a subscripted number such as ``52_8``) raises ``LatexParseError``. This module imports sympy;
+the grader only imports it inside its worker process.
 """
 
 from __future__ import annotations
@@ -224,15 +224,8 @@ class _Parser:
 
     def number(self) -> sympy.Expr:
         token = self.take()
-        if self.peek() == "_" and token.isdigit():
-            self.take()
-            base = self.single()
-            if not (base.is_Integer and 2 <= int(base) <= 36):
-                raise LatexParseError(f"bad base {base}")
-            try:
-                return sympy.Integer(int(token, int(base)))
-            except ValueError as error:
-                raise LatexParseError(str(error)) from error
+        if self.peek() == "_":
+            raise LatexParseError(f"subscripted number {token}_ (a base?)")
         return sympy.Rational(token)
 
     def subscripted(self, value: sympy.Expr, name: str) -> sympy.Expr:

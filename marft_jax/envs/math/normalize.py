@@ -1,9 +1,10 @@
 """Normalisation of answer strings, and exact reading of plain numbers.
 
-``normalize_answer`` maps the many ways of writing one answer to one string: math-mode
-dollars, ``\\left``/``\\right``, spacing commands, ``\\dfrac``/``\\tfrac``, degree signs,
+``normalize_answer`` maps the many ways of writing one answer to one string: boxes,
+math-mode dollars, ``\\left``/``\\right``, spacing commands, ``\\dfrac``/``\\tfrac``, degree signs,
 percent signs, ``\\text{...}`` units and unit words after a number, ``x = `` prefixes,
-thousands commas, ``\\frac12``/``\\sqrt2`` shorthands, trailing full stops and all spaces
+thousands commas, base subscripts (``52_8`` -> ``52``: the digits as written),
+``\\frac12``/``\\sqrt2`` shorthands, trailing full stops and all spaces
 (except the one that separates a command from a following letter: ``\\sec x``).
 
 ``parse_number`` reads a normalised answer that is a plain number, a fraction of two numbers
@@ -37,6 +38,7 @@ _UNIT_WORD_RE = re.compile(
 _NOT_UNITS = frozenset({"pi", "sqrt", "inf", "infty", "infinity", "i", "e"})
 _LHS_RE = re.compile(r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_BASE_RE = re.compile(r"(\d+(?:\.\d+)?)_\{?\d+\}?")
 _BRACED_THOUSANDS_RE = re.compile(r"\{(\d{1,3}(?:,\d{3})+)\}")
 _INFINITY_RE = re.compile(r"\\inf(?:ty)?(?![a-zA-Z])|\binfinity\b|\binf\b")
 _SLASH_FRACTION_RE = re.compile(r"(-?)(\d+)/(\d+)")
@@ -75,6 +77,7 @@ def normalize_answer(text: str) -> str:
     s = _SIZING_RE.sub("", s)
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = unwrap_command(s, "phantom", keep_content=False)
+    s = unwrap_command(unwrap_command(s, "boxed"), "fbox")
     s = _DEGREE_RE.sub("", s)
     s = _PERCENT_RE.sub("", s)
     s = _AND_RE.sub(",", s)
@@ -86,6 +89,9 @@ def normalize_answer(text: str) -> str:
     s = re.sub(r",+", ",", s).strip(",")
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
+    base = _BASE_RE.fullmatch(s)
+    if base:
+        s = base.group(1)
     s = _fix_shorthand_arguments(s, "frac", 2)
     s = _fix_shorthand_arguments(s, "sqrt", 1)
     s = _LEADING_POINT_RE.sub(r"0.\1", s)

@@ -21,9 +21,9 @@ def symbolic_equal(prediction: str, reference: str) -> bool:
     """True if the two LaTeX answers denote the same value or equation.
 
     Expressions are equal when they are structurally equal, when their difference simplifies
-    to zero, or, for constants, when their numeric values agree to a relative tolerance of
-    1e-4. Equations are equal when ``lhs - rhs`` of one is a non-zero constant multiple of
-    the other's. Unparseable input is "not equal".
+    to zero, or, for constants that are not both integers, when their numeric values agree to
+    a relative tolerance of 1e-4. Equations are equal when ``lhs - rhs`` of one is a non-zero
+    constant multiple of the other's. Unparseable input is "not equal".
     """
     try:
         left = parse_latex(prediction)
@@ -49,6 +49,8 @@ def expressions_equal(left: sympy.Expr, right: sympy.Expr) -> bool:
     difference = sympy.simplify(left - right)
     if difference == 0:
         return True
+    if left.is_Integer and right.is_Integer:
+        return False  # two different integers (10! vs 3628801): no tolerance
     if not left.free_symbols and not right.free_symbols:
         return _numerically_close(left, right)
     return difference.equals(0) is True

@@ -8,8 +8,9 @@ the next call starts a fresh child. A subprocess (not ``multiprocessing`` with `
 the worker clear of the parent's threads (JAX's) and does not re-import the parent's
 ``__main__``.
 
-The worker starts lazily on the first symbolic comparison; its start-up (about a second,
-mostly importing sympy) is not counted against the per-call timeout.
+The worker starts lazily on the first symbolic comparison; its start-up (about half a
+second, mostly importing sympy) is not counted against the per-call timeout. After a kill
+the replacement is launched at once and its readiness awaited on the next call.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SympyWorker:
         self._process: subprocess.Popen | None = None
         self._owner_pid = os.getpid()
         self._buffer = b""
+        self._ready = False
         self._lock = threading.Lock()
 
     def compare(self, prediction: str, reference: str, timeout_s: float) -> bool | None:
@@ -62,7 +64,8 @@ class SympyWorker:
 
         Returns:
             The child's answer, or None when it did not answer in time (the child is then
-            killed) or died while answering.
+            killed, and a replacement is launched at once so that its start-up overlaps the
+            caller's next work) or died while answering.
 
         Raises:
             WorkerStartError: if a child cannot be started at all.
@@ -73,18 +76,18 @@ class SympyWorker:
             try:
                 process.stdin.write(request)
                 process.stdin.flush()
-            except (BrokenPipeError, OSError):
-                self._kill()
+            except OSError:
+                self._replace()
                 return None
             reply = self._read_line(time.monotonic() + max(timeout_s, 0.0))
-            if reply is None:
-                self._kill()
-                return None
             try:
-                return bool(json.loads(reply))
+                answer = None if reply is None else json.loads(reply)
             except ValueError:
-                self._kill()
+                answer = None
+            if not isinstance(answer, bool):
+                self._replace()
                 return None
+            return answer
 
     def close(self) -> None:
         """Stop the child (if any); a later call starts a new one."""
@@ -97,27 +100,44 @@ class SympyWorker:
         alive = self._process is not None and self._process.poll() is None
         return self._process.pid if alive and self._owner_pid == os.getpid() else None
 
-    def _ensure_started(self) -> subprocess.Popen:
-        if self._owner_pid != os.getpid():  # forked: the pipes belong to the parent
-            self._process, self._buffer, self._owner_pid = None, b"", os.getpid()
-        if self._process is not None and self._process.poll() is None:
-            return self._process
-        if self._process is not None:
-            self._kill()
+    def _spawn(self) -> None:
+        """Launch a child; its "ready" line is read by ``_ensure_started``."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(_PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        process = subprocess.Popen(
-            [sys.executable, "-m", "marft_jax.envs.math._serve", str(self.memory_limit_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, bufsize=0, close_fds=True)
-        self._process, self._buffer = process, b""
-        reply = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
-        if reply != b'"ready"':
-            self._kill(count=False)
-            detail = reply.decode(errors="replace") if reply else "no reply"
-            raise WorkerStartError(f"sympy worker failed to start: {detail}")
-        return process
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "marft_jax.envs.math._serve", str(self.memory_limit_mb)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=env, bufsize=0, close_fds=True)
+        except OSError as error:
+            self._process = None
+            raise WorkerStartError(f"sympy worker failed to start: {error}") from error
+        self._buffer, self._ready = b"", False
+
+    def _replace(self) -> None:
+        """Kill the child after a timeout or a crash and launch its replacement."""
+        self._kill()
+        try:
+            self._spawn()
+        except WorkerStartError:
+            pass  # the next call retries and reports the error
+
+    def _ensure_started(self) -> subprocess.Popen:
+        if self._owner_pid != os.getpid():  # forked: the pipes belong to the parent
+            self._process, self._buffer, self._owner_pid = None, b"", os.getpid()
+        if self._process is not None and self._process.poll() is not None:
+            self._kill()  # died since the last call (e.g. after a MemoryError)
+        if self._process is None:
+            self._spawn()
+        if not self._ready:
+            reply = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
+            if reply != b'"ready"':
+                self._kill(count=False)
+                detail = reply.decode(errors="replace") if reply else "no reply"
+                raise WorkerStartError(f"sympy worker failed to start: {detail}")
+            self._ready = True
+        return self._process
 
     def _read_line(self, deadline: float) -> bytes | None:
         """One line from the child before ``deadline``; None on timeout or end of file."""
@@ -137,7 +157,7 @@ class SympyWorker:
         return line.strip()
 
     def _kill(self, count: bool = True) -> None:
-        process, self._process, self._buffer = self._process, None, b""
+        process, self._process, self._buffer, self._ready = self._process, None, b"", False
         if process is None:
             return
         if count:

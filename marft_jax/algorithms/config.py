@@ -1,0 +1,172 @@
+"""`PPOConfig` (every knob of the MARFT updates, reference defaults) and the algorithm registry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from marft_jax.errors import ConfigError
+
+LOGPROB_NORMS = ("sum", "token", "word")
+CRITIC_TRUNKS = ("base", "shared")
+CRITIC_HEADS = ("shared", "per_agent")
+ADVANTAGE_NORMS = ("minibatch", "batch", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+    """How an algorithm name assembles the update from the registries.
+
+    Attributes:
+        level: "action" (one decision per agent per round) or "token" (every token).
+        advantage: a name in `advantages.ADVANTAGE_ESTIMATORS`.
+        policy_loss: a name in `losses.POLICY_LOSSES`.
+        reward_transform: a name in `advantages.REWARD_TRANSFORMS`.
+        uses_critic: whether a value head is evaluated and trained.
+    """
+
+    level: str
+    advantage: str
+    policy_loss: str
+    reward_transform: str = "none"
+    uses_critic: bool = True
+
+
+ALGORITHMS = {
+    "marft_a": AlgorithmSpec(level="action", advantage="gae_action", policy_loss="action"),
+    "marft_t": AlgorithmSpec(level="token", advantage="gae_token", policy_loss="token"),
+    "grpo": AlgorithmSpec(level="action", advantage="grpo", policy_loss="action",
+                          uses_critic=False),
+    "ippo": AlgorithmSpec(level="action", advantage="gae_action", policy_loss="action",
+                          reward_transform="ippo"),
+}
+
+# The reference's approx-KL skip thresholds (REFERENCE §4.5). They are *not* the defaults
+# here: §9.5 notes they silently skip most policy steps (above all the token-level one).
+REFERENCE_TARGET_KL = {"marft_a": 1e-3, "ippo": 1e-3, "grpo": 1e-3, "marft_t": 1.7e-6}
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Static configuration of one MARFT update (hashable: it is baked into the jit).
+
+    Defaults follow the reference (`marft/config.py`, REFERENCE §4.8) unless said otherwise.
+
+    Attributes:
+        algorithm: a name in `ALGORITHMS`: "marft_a", "marft_t", "grpo" or "ippo".
+        clip_eps: PPO ratio clip ε.
+        value_clip_eps: clip of the new value around the old one (reference: the same 0.2);
+            None disables value clipping.
+        entropy_coef: entropy bonus coefficient.
+        value_loss_coef: value loss coefficient.
+        huber_delta: Huber δ of the value loss (symmetric here); None uses e²/2.
+        gamma: discount between consecutive decisions (and rounds).
+        lam: GAE λ.
+        token_gamma: MARFT-T discount between tokens of one action; None = `gamma` (the
+            reference applies γ between every pair of tokens; POAD/BAD use 1.0).
+        lr_actor: AdamW learning rate of every adapter.
+        lr_critic: Adam learning rate of the value head.
+        adam_eps: ε of both optimisers.
+        weight_decay: AdamW weight decay of the adapters.
+        epochs: passes over the trajectory per update.
+        num_minibatches: minibatches per epoch, split over the environment axis (the
+            remainder of E is dropped, as in the reference).
+        grad_accum_steps: micro-batches per minibatch (gradient accumulation).
+        max_grad_norm: per-adapter gradient-norm clip.
+        critic_max_grad_norm: gradient-norm clip of the value head.
+        critic_warmup_samples: env samples (rounds × envs) during which only the critic
+            trains; the adapters stay unchanged.
+        agent_iteration_interval: agent-by-agent schedule: every this many env samples the
+            next agent (in decision order) becomes the only one whose policy trains;
+            0 = every agent every update.
+        target_kl: skip an adapter's policy step when its approx-KL on the minibatch exceeds
+            this; None disables (see `REFERENCE_TARGET_KL` for the reference values).
+        logprob_norm: MARFT-A sequence log-prob normalisation: "sum", "token" (÷ length) or
+            "word" (÷ word count, passed to the update as an array).
+        kl_coef: coefficient of the KL penalty to the base policy (adapters off); 0 = off.
+        critic_trunk: "base" (features from the base model with adapters off: the
+            reference) or "shared" (the acting agent's own forward pass, stop-gradient).
+        critic_heads: "shared" (one centralised head: the reference) or "per_agent".
+        critic_hidden: widths of the value head's hidden layers.
+        advantage_norm: "minibatch" (the reference), "batch" or "none"; statistics over the
+            valid decisions (tokens for MARFT-T) only.
+        advantage_norm_eps: added to the standard deviation when normalising.
+        group_size: GRPO samples per problem (consecutive envs form a group).
+        grpo_eps: added to the group standard deviation.
+        ippo_own_weight: IPPO reward = w · own + (1 − w) · team mean.
+        recompute_old_logprobs: recompute PPO's old log-probs with the full forward at the
+            start of the update instead of using `Trajectory.policy_logprobs`.
+    """
+
+    algorithm: str = "marft_a"
+    clip_eps: float = 0.2
+    value_clip_eps: float | None = 0.2
+    entropy_coef: float = 0.01
+    value_loss_coef: float = 1.0
+    huber_delta: float | None = 10.0
+    gamma: float = 0.99
+    lam: float = 0.95
+    token_gamma: float | None = None
+    lr_actor: float = 5e-7
+    lr_critic: float = 5e-4
+    adam_eps: float = 1e-5
+    weight_decay: float = 0.0
+    epochs: int = 5
+    num_minibatches: int = 4
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 0.5
+    critic_max_grad_norm: float = 0.5
+    critic_warmup_samples: int = 0
+    agent_iteration_interval: int = 0
+    target_kl: float | None = None
+    logprob_norm: str = "sum"
+    kl_coef: float = 0.0
+    critic_trunk: str = "base"
+    critic_heads: str = "shared"
+    critic_hidden: tuple[int, ...] = (1024, 512)
+    advantage_norm: str = "minibatch"
+    advantage_norm_eps: float = 1e-8
+    group_size: int = 1
+    grpo_eps: float = 1e-6
+    ippo_own_weight: float = 0.5
+    recompute_old_logprobs: bool = False
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"ppo config: field 'algorithm' is {self.algorithm!r}; "
+                              f"choose from {list(ALGORITHMS)}")
+        object.__setattr__(self, "critic_hidden", tuple(int(w) for w in self.critic_hidden))
+        choices = (("logprob_norm", LOGPROB_NORMS), ("critic_trunk", CRITIC_TRUNKS),
+                   ("critic_heads", CRITIC_HEADS), ("advantage_norm", ADVANTAGE_NORMS))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"ppo config: field {name!r} is {getattr(self, name)!r}; "
+                                  f"choose from {list(allowed)}")
+        positive = ("epochs", "num_minibatches", "grad_accum_steps", "group_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ppo config: field {name!r} must be ≥ 1, "
+                                  f"got {getattr(self, name)}")
+        for name in ("critic_warmup_samples", "agent_iteration_interval", "kl_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ppo config: field {name!r} must be ≥ 0, "
+                                  f"got {getattr(self, name)}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
+            raise ConfigError("ppo config: fields 'gamma' and 'lam' must lie in [0, 1]")
+        if self.clip_eps <= 0.0:
+            raise ConfigError(f"ppo config: field 'clip_eps' must be > 0, got {self.clip_eps}")
+        if not self.critic_hidden:
+            raise ConfigError("ppo config: field 'critic_hidden' needs at least one width")
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        """The registry entry of `algorithm`."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def discount_between_tokens(self) -> float:
+        """The MARFT-T discount inside one action (`token_gamma`, else `gamma`)."""
+        return self.gamma if self.token_gamma is None else self.token_gamma
+
+    def replace(self, **changes) -> PPOConfig:
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)

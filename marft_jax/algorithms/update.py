@@ -1,0 +1,251 @@
+"""The MARFT update as one jitted function: `update(state, base, trajectory, key)`.
+
+Inside one jit: score the trajectory with the pre-update parameters and compute advantages
+(`batch.prepare_batch`); then `lax.scan` over epochs × minibatches (minibatches split the
+env axis with a key-derived permutation; each minibatch accumulates gradients over
+micro-batches with a second scan); per minibatch one policy + value objective, whose
+gradient w.r.t. `(lora, critic)` (never `base`) drives the per-adapter and critic optimiser
+steps. Which adapters step is a mask built from traced counters and values:
+
+    apply[adapter] = scheduled (agent rotation) ∧ ¬ critic warm-up
+                     ∧ approx-KL ≤ target_kl ∧ finite(loss, gradient)
+
+so no schedule or guard is a Python branch and the update compiles once.
+
+Per-agent policy objective: each agent's mean surrogate over its own decisions (tokens),
+summed over agents, so an adapter's gradient is its agent's mean (the reference divides by
+the number of agents too when all agents train; with per-agent Adam that only matters
+through the gradient clip). The critic minimises the mean value loss over all decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from marft_jax.algorithms import advantages as adv_lib
+from marft_jax.algorithms import batch as batch_lib
+from marft_jax.algorithms import critic as critic_lib
+from marft_jax.algorithms import losses, optim, schedules, scoring
+from marft_jax.algorithms.advantages import CreditOrder
+from marft_jax.algorithms.batch import Batch
+from marft_jax.algorithms.config import ALGORITHMS, AlgorithmSpec, PPOConfig  # noqa: F401
+from marft_jax.algorithms.state import TrainState
+from marft_jax.errors import ConfigError
+from marft_jax.flexmg.graph import DependencyGraph
+from marft_jax.flexmg.trajectory import Trajectory
+
+Array = jax.Array
+
+
+def _credit_for(graph: CreditOrder | DependencyGraph | None, num_agents: int) -> CreditOrder:
+    if graph is None:
+        return CreditOrder.chain(num_agents)
+    credit = graph if isinstance(graph, CreditOrder) else CreditOrder.from_graph(graph)
+    if credit.num_agents != num_agents:
+        raise ConfigError(f"update: the graph has {credit.num_agents} agents, the trajectory "
+                          f"{num_agents}")
+    return credit
+
+
+def _sizes(config: PPOConfig, num_envs: int) -> tuple[int, int]:
+    """`(envs per minibatch, envs per micro-batch)`; remainders are dropped."""
+    per_minibatch = num_envs // config.num_minibatches
+    per_micro = per_minibatch // config.grad_accum_steps
+    if per_micro < 1:
+        raise ConfigError(
+            f"ppo config: {num_envs} envs cannot fill num_minibatches={config.num_minibatches}"
+            f" × grad_accum_steps={config.grad_accum_steps} micro-batches")
+    return per_micro * config.grad_accum_steps, per_micro
+
+
+def _take_envs(tree, index: Array):
+    return jax.tree.map(lambda x: jnp.take(x, index, axis=2), tree)
+
+
+def _micro_split(tree, steps: int):
+    """`[R, A, E_mb, ...]` leaves -> `[steps, R, A, E_mb // steps, ...]`."""
+    def split(x):
+        shape = x.shape[:2] + (steps, x.shape[2] // steps) + x.shape[3:]
+        return jnp.moveaxis(x.reshape(shape), 2, 0)
+    return jax.tree.map(split, tree)
+
+
+def make_update(graphdef, config: PPOConfig,
+                graph: CreditOrder | DependencyGraph | None = None,
+                *, donate: bool = False) -> Callable:
+    """Builds the jitted update for one algorithm configuration.
+
+    Args:
+        graphdef: the decoder's graph definition (from `functional.init_model`).
+        config: static configuration; `config.algorithm` picks the registry entry.
+        graph: the team's dependency graph (or a `CreditOrder`); None = the reference chain.
+        donate: donate the input state's buffers to the output.
+
+    Returns:
+        `update(state, base, trajectory, key, word_counts=None) -> (state, metrics)`, jitted.
+        `word_counts` `[R, A, E]` is required for `logprob_norm="word"`. `metrics` is a dict
+        of arrays: per agent `[A]` policy_loss, entropy, approx_kl, clip_frac, kl_ref; per
+        adapter `[NA]` grad_norm, policy_steps, skipped_nonfinite, skipped_kl; scalars
+        value_loss, critic_grad_norm, critic_steps, critic_skipped_nonfinite, warmup,
+        advantage/return/value statistics; `[A]` scheduled (the rotation mask).
+    """
+    spec = config.spec
+    actor_tx = optim.actor_optimizer(config)
+    critic_tx = optim.critic_optimizer(config)
+    policy_loss = losses.POLICY_LOSSES[spec.policy_loss]
+
+    def update(state: TrainState, base, traj: Trajectory, key: Array,
+               word_counts: Array | None = None):
+        traj.check_shapes()
+        r, a, e, _ = traj.obs_tokens.shape
+        k = traj.action_tokens.shape[-1]
+        if config.logprob_norm == "word" and spec.level == "action" and word_counts is None:
+            raise ConfigError("ppo config: logprob_norm='word' needs word_counts [R, A, E]")
+        credit = _credit_for(graph, a)
+        num_adapters = optim.num_adapters(state.lora)
+        per_minibatch, per_micro = _sizes(config, e)
+        p = batch_lib.value_positions(config, k)
+        head_ids = critic_lib.head_ids_for(config.critic_heads, a)
+        shared_trunk = spec.uses_critic and config.critic_trunk == "shared"
+
+        batch, stats = batch_lib.prepare_batch(
+            graphdef, config, credit, state.lora, state.critic, base, traj, word_counts,
+            batch_lib.env_chunk(e, per_micro))
+
+        samples = state.samples + r * e
+        warmup = schedules.in_critic_warmup(samples, config.critic_warmup_samples)
+        scheduled = schedules.scheduled_agents(samples, config.agent_iteration_interval,
+                                               credit.order)  # [A]
+        adapters_scheduled = schedules.adapter_mask(scheduled, traj.adapter_ids, num_adapters)
+        may_step = adapters_scheduled & ~warmup  # [NA]
+
+        def objective(params, micro: Batch, policy_count, value_count):
+            lora, critic = params
+            scores = scoring.score_actions(
+                graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
+                micro.action_mask, traj.adapter_ids,
+                num_value_positions=p if shared_trunk else None)
+            terms = policy_loss(scores.token_logprobs, micro.old_logprobs, micro.action_mask,
+                                micro.advantages, scores.entropy, config.clip_eps,
+                                config.logprob_norm, micro.word_counts, micro.ref_logprobs)
+            per_agent = (terms.loss - config.entropy_coef * terms.entropy
+                         + config.kl_coef * terms.kl_ref) / policy_count  # [A]
+            total = jnp.sum(jnp.where(scheduled, per_agent, 0.0))
+            vterms = losses.ValueTerms(loss=jnp.zeros((a,)), count=jnp.zeros((a,)))
+            if spec.uses_critic:
+                feats = scores.features if shared_trunk else micro.base_features
+                values = batch_lib.evaluate_values(critic, feats, head_ids, spec.level)
+                vterms = losses.value_terms(values, micro.old_values, micro.returns,
+                                            micro.valid, config.value_clip_eps,
+                                            config.huber_delta)
+                total = total + config.value_loss_coef * jnp.sum(vterms.loss) / value_count
+            return total, (terms, vterms)
+
+        grad_fn = jax.grad(objective, has_aux=True)
+
+        def train_step(carry, index):
+            st, totals = carry
+            mb = _take_envs(batch, index)
+            if config.advantage_norm == "minibatch":
+                mb = mb.replace(advantages=adv_lib.normalize_advantages(
+                    mb.advantages, mb.valid, config.advantage_norm_eps))
+            valid_count = losses.per_agent_sum(mb.valid)  # [A] decisions or tokens
+            policy_count = jnp.maximum(valid_count, 1.0)
+            value_count = jnp.maximum(jnp.sum(valid_count), 1.0)
+            params = (st.lora, st.critic)
+
+            def micro_step(acc, micro):
+                grads, terms = grad_fn(params, micro, policy_count, value_count)
+                return jax.tree.map(jnp.add, acc, (grads, terms)), None
+
+            zero_terms = (losses.PolicyTerms(*([jnp.zeros((a,))] * 6)),
+                          losses.ValueTerms(jnp.zeros((a,)), jnp.zeros((a,))))
+            init = (jax.tree.map(jnp.zeros_like, params), zero_terms)
+            (grads, (terms, vterms)), _ = jax.lax.scan(
+                micro_step, init, _micro_split(mb, config.grad_accum_steps))
+            lora_grads, critic_grads = grads
+
+            norms = optim.adapter_grad_norms(lora_grads)  # [NA]
+            to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids,
+                                                                num_adapters)
+            adapter_loss = to_adapter(terms.loss - config.entropy_coef * terms.entropy
+                                      + config.kl_coef * terms.kl_ref)
+            finite = jnp.isfinite(norms) & jnp.isfinite(adapter_loss)
+            kl = to_adapter(terms.approx_kl) / jnp.maximum(to_adapter(terms.count), 1.0)
+            kl_ok = (jnp.ones_like(finite) if config.target_kl is None
+                     else ~(kl > config.target_kl))
+            apply = may_step & finite & kl_ok
+            lora, actor_opt = optim.masked_actor_step(actor_tx, st.lora, st.actor_opt,
+                                                      lora_grads, apply)
+            critic_norm = optax.global_norm(critic_grads)
+            critic_finite = jnp.isfinite(critic_norm) & jnp.all(jnp.isfinite(vterms.loss))
+            critic_apply = critic_finite & spec.uses_critic
+            critic, critic_opt = optim.masked_critic_step(critic_tx, st.critic, st.critic_opt,
+                                                          critic_grads, critic_apply)
+            as_int = lambda x: x.astype(jnp.int32)
+            skipped_nonfinite = as_int(may_step & ~finite)
+            skipped_kl = as_int(may_step & finite & ~kl_ok)
+            critic_skipped = as_int(~critic_finite & spec.uses_critic)
+            st = st.replace(
+                lora=lora, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt,
+                policy_steps=st.policy_steps + as_int(apply),
+                critic_steps=st.critic_steps + as_int(critic_apply),
+                skipped_nonfinite=st.skipped_nonfinite + skipped_nonfinite,
+                skipped_kl=st.skipped_kl + skipped_kl,
+                critic_skipped_nonfinite=st.critic_skipped_nonfinite + critic_skipped)
+            step_totals = dict(terms=terms, vterms=vterms, grad_norm=norms,
+                               critic_grad_norm=critic_norm, policy_steps=as_int(apply),
+                               skipped_nonfinite=skipped_nonfinite, skipped_kl=skipped_kl,
+                               critic_steps=as_int(critic_apply),
+                               critic_skipped_nonfinite=critic_skipped)
+            return (st, jax.tree.map(jnp.add, totals, step_totals)), None
+
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(config.epochs))
+        perms = jax.vmap(lambda kk: jax.random.permutation(kk, e))(keys)  # [epochs, E]
+        used = config.num_minibatches * per_minibatch
+        indices = perms[:, :used].reshape(config.epochs * config.num_minibatches,
+                                          per_minibatch)
+        zeros_a = jnp.zeros((a,))
+        zeros_na = jnp.zeros((num_adapters,))
+        zero_i = jnp.zeros((num_adapters,), jnp.int32)
+        totals = dict(terms=losses.PolicyTerms(*([zeros_a] * 6)),
+                      vterms=losses.ValueTerms(zeros_a, zeros_a), grad_norm=zeros_na,
+                      critic_grad_norm=jnp.zeros(()), policy_steps=zero_i,
+                      skipped_nonfinite=zero_i, skipped_kl=zero_i,
+                      critic_steps=jnp.zeros((), jnp.int32),
+                      critic_skipped_nonfinite=jnp.zeros((), jnp.int32))
+        (state, totals), _ = jax.lax.scan(train_step, (state, totals), indices)
+        state = state.replace(step=state.step + 1, samples=samples)
+        metrics = _metrics(totals, indices.shape[0], stats, warmup, scheduled)
+        return state, metrics
+
+    return jax.jit(update, donate_argnums=(0,) if donate else ())
+
+
+def _metrics(totals, num_steps: int, stats, warmup, scheduled) -> dict[str, Array]:
+    """Exact means over all minibatches from the accumulated sums and counts."""
+    terms, vterms = totals["terms"], totals["vterms"]
+    count = jnp.maximum(terms.count, 1.0)
+    metrics = {
+        "policy_loss": terms.loss / count,
+        "entropy": terms.entropy / count,
+        "approx_kl": terms.approx_kl / count,
+        "clip_frac": terms.clip_frac / count,
+        "kl_ref": terms.kl_ref / count,
+        "value_loss": jnp.sum(vterms.loss) / jnp.maximum(jnp.sum(vterms.count), 1.0),
+        "grad_norm": totals["grad_norm"] / num_steps,
+        "critic_grad_norm": totals["critic_grad_norm"] / num_steps,
+        "policy_steps": totals["policy_steps"],
+        "skipped_nonfinite": totals["skipped_nonfinite"],
+        "skipped_kl": totals["skipped_kl"],
+        "critic_steps": totals["critic_steps"],
+        "critic_skipped_nonfinite": totals["critic_skipped_nonfinite"],
+        "warmup": warmup,
+        "scheduled": scheduled,
+    }
+    metrics.update(stats)
+    return metrics

@@ -178,13 +178,13 @@ def build_gguf_tokenizer(header: GGUFHeader) -> PreTrainedTokenizerFast:
     # llama.cpp mislabel and is skipped, as transformers does. User-defined ones are plain.
     backend.add_special_tokens([
         AddedToken(token, normalized=False, special=True)
-        for token, kind in zip(tokens, types, strict=False)
-        if kind == _CONTROL and set(token) <= alphabet
+        for token, token_type in zip(tokens, types, strict=False)
+        if token_type == _CONTROL and set(token) <= alphabet
     ])
     backend.add_tokens([
         AddedToken(token, normalized=False, special=False)
-        for token, kind in zip(tokens, types, strict=False)
-        if kind == _USER_DEFINED and token in vocab
+        for token, token_type in zip(tokens, types, strict=False)
+        if token_type == _USER_DEFINED and token in vocab
     ])
     specials = {
         f"{name}_token": _special(header, tokens, key)

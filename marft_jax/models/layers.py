@@ -97,9 +97,13 @@ class LoRALinear(nnx.Module):
         Returns:
             `[batch, tokens, out]` in x's dtype.
         """
-        y = jnp.einsum("btd,de->bte", x, self.kernel[...].astype(x.dtype))
+        # Accumulate in float32 whatever the storage dtype: XLA's CPU backend then runs bf16
+        # weights through its native bf16 x bf16 -> f32 kernels instead of converting the
+        # whole weight matrix to f32 on every call.
+        y = jnp.einsum("btd,de->bte", x, self.kernel[...].astype(x.dtype),
+                       preferred_element_type=jnp.float32)  # [batch, tokens, out]
         if self.bias is not None:
-            y = y + self.bias[...].astype(x.dtype)
+            y = y + self.bias[...].astype(jnp.float32)
         if self.lora_a is not None:
             ids = jnp.maximum(adapter_ids, 0)
             a = self.lora_a[...][ids]  # [batch, in, rank]
@@ -107,5 +111,5 @@ class LoRALinear(nnx.Module):
             h = jnp.einsum("btd,bdr->btr", x.astype(jnp.float32), a)
             delta = jnp.einsum("btr,bre->bte", h, b) * self.lora_scale
             on = (adapter_ids >= 0)[:, None, None]
-            y = y + jnp.where(on, delta, 0.0).astype(y.dtype)
-        return y
+            y = y + jnp.where(on, delta, 0.0)
+        return y.astype(x.dtype)

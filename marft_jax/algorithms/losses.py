@@ -5,7 +5,11 @@ returns sums together with the number of terms summed, so a mean over a minibatc
 whatever the micro-batching (sum the sums and counts, divide once), and across devices.
 
 Masks are applied with `jnp.where` *before* any non-linearity, so garbage in padded slots
-(NaN or ±inf log-probs) can neither reach a sum nor its gradient.
+(NaN or ±inf log-probs) can neither reach a sum nor its gradient. A non-finite value in a
+*real* slot of the rollout-side inputs (old or reference log-probs, advantages) turns its
+agent's sums into NaN, which the update's guard reads as "skip this agent's step", while its
+gradient is exactly zero: it cannot leak into other agents' gradients through computations
+they share (a dense multi-adapter LoRA contraction, for one, would spread 0 · NaN).
 
 Registry: `POLICY_LOSSES` (name -> function) with the names "action" (MARFT-A, GRPO,
 IPPO: one ratio per decision) and "token" (MARFT-T: one ratio per token).
@@ -110,11 +114,29 @@ def _k3(new_logprobs: Array, ref_logprobs: Array, mask: Array) -> Array:
     return jnp.expm1(d) - d
 
 
+def _finite_inputs(mask: Array, old_logprobs: Array, ref_logprobs: Array | None) -> Array:
+    """`[..., K]` bool: tokens whose rollout-side inputs are finite (True on padding)."""
+    ok = jnp.isfinite(old_logprobs)
+    if ref_logprobs is not None:
+        ok = ok & jnp.isfinite(ref_logprobs)
+    return ok | ~mask
+
+
+def _poison(x: Array, bad: Array) -> Array:
+    """NaN where `bad`: the sum reports the problem, the gradient through `x` stays 0 there."""
+    return jnp.where(bad, jnp.nan, x)
+
+
 def ppo_action_terms(new_logprobs: Array, old_logprobs: Array, mask: Array,
                      advantages: Array, entropy: Array, clip_eps: float, norm: str = "sum",
                      word_counts: Array | None = None,
                      ref_logprobs: Array | None = None) -> PolicyTerms:
     """MARFT-A: one clipped ratio per decision over its normalised sequence log-prob.
+
+    A decision whose old or reference log-probs or advantage are not finite contributes
+    NaN to its agent's loss, approx-KL, clip and KL sums (so the update's guard skips that
+    agent's step and counts it) but exactly zero gradient, so the bad value cannot reach
+    other agents' gradients through computations the agents share.
 
     Args:
         new_logprobs, old_logprobs: `[R, A, E, K]` per-token log-probs (current / rollout).
@@ -133,21 +155,26 @@ def ppo_action_terms(new_logprobs: Array, old_logprobs: Array, mask: Array,
     chex.assert_equal_shape_prefix([new_logprobs, advantages], 3)
     mask = mask.astype(bool)
     valid = jnp.any(mask, axis=-1)  # [R, A, E]
+    finite = _finite_inputs(mask, old_logprobs, ref_logprobs)  # [R, A, E, K]
+    bad = valid & ~(jnp.all(finite, axis=-1) & jnp.isfinite(advantages))
+    ok = valid & ~bad
     new_seq = sequence_logprobs(new_logprobs, mask, norm, word_counts)
-    old_seq = sequence_logprobs(jnp.where(mask, old_logprobs, 0.0), mask, norm, word_counts)
-    log_ratio = jnp.where(valid, new_seq - old_seq, 0.0)
-    adv = jnp.where(valid, advantages, 0.0)
-    loss, approx_kl, clipped = _clipped_objective(log_ratio, adv, clip_eps)
+    old_seq = sequence_logprobs(jnp.where(finite, old_logprobs, 0.0), mask, norm, word_counts)
+    log_ratio = jnp.where(ok, new_seq - old_seq, 0.0)
+    loss, approx_kl, clipped = _clipped_objective(log_ratio, jnp.where(ok, advantages, 0.0),
+                                                  clip_eps)
     lengths = jnp.maximum(jnp.sum(mask, axis=-1), 1)
     ent = jnp.sum(jnp.where(mask, entropy, 0.0), axis=-1) / lengths
     if ref_logprobs is None:
         kl_ref = jnp.zeros_like(ent)
     else:
-        kl_ref = jnp.sum(jnp.where(mask, _k3(new_logprobs, ref_logprobs, mask), 0.0),
-                         axis=-1) / lengths
+        ref = jnp.where(finite & mask, ref_logprobs, new_logprobs)
+        kl_ref = jnp.sum(jnp.where(mask, _k3(new_logprobs, ref, mask), 0.0), axis=-1) / lengths
     keep = lambda x: per_agent_sum(jnp.where(valid, x, 0.0))
-    return PolicyTerms(loss=keep(loss), entropy=keep(ent), approx_kl=keep(approx_kl),
-                       clip_frac=keep(clipped), kl_ref=keep(kl_ref), count=per_agent_sum(valid))
+    spoil = lambda x: keep(_poison(x, bad))
+    return PolicyTerms(loss=spoil(loss), entropy=keep(ent), approx_kl=spoil(approx_kl),
+                       clip_frac=spoil(clipped), kl_ref=spoil(kl_ref),
+                       count=per_agent_sum(valid))
 
 
 def ppo_token_terms(new_logprobs: Array, old_logprobs: Array, mask: Array,
@@ -155,6 +182,9 @@ def ppo_token_terms(new_logprobs: Array, old_logprobs: Array, mask: Array,
                     word_counts: Array | None = None,
                     ref_logprobs: Array | None = None) -> PolicyTerms:
     """MARFT-T: one clipped ratio per token, masked sums over real tokens.
+
+    Non-finite old / reference log-probs or advantages are handled per token as in
+    `ppo_action_terms` (NaN sums, zero gradient).
 
     Args:
         new_logprobs, old_logprobs, mask, entropy, ref_logprobs: `[R, A, E, K]`.
@@ -169,14 +199,20 @@ def ppo_token_terms(new_logprobs: Array, old_logprobs: Array, mask: Array,
     chex.assert_rank(new_logprobs, 4)
     chex.assert_equal_shape([new_logprobs, old_logprobs, mask, advantages, entropy])
     mask = mask.astype(bool)
-    log_ratio = jnp.where(mask, new_logprobs - jnp.where(mask, old_logprobs, 0.0), 0.0)
-    adv = jnp.where(mask, advantages, 0.0)
-    loss, approx_kl, clipped = _clipped_objective(log_ratio, adv, clip_eps)
-    kl_ref = (jnp.zeros_like(loss) if ref_logprobs is None
-              else _k3(new_logprobs, ref_logprobs, mask))
+    finite = _finite_inputs(mask, old_logprobs, ref_logprobs) & jnp.isfinite(advantages)
+    bad = mask & ~finite
+    ok = mask & finite
+    log_ratio = jnp.where(ok, new_logprobs - jnp.where(ok, old_logprobs, 0.0), 0.0)
+    loss, approx_kl, clipped = _clipped_objective(log_ratio, jnp.where(ok, advantages, 0.0),
+                                                  clip_eps)
+    if ref_logprobs is None:
+        kl_ref = jnp.zeros_like(loss)
+    else:
+        kl_ref = _k3(new_logprobs, jnp.where(ok, ref_logprobs, new_logprobs), ok)
     keep = lambda x: per_agent_sum(jnp.where(mask, x, 0.0))
-    return PolicyTerms(loss=keep(loss), entropy=keep(entropy), approx_kl=keep(approx_kl),
-                       clip_frac=keep(clipped), kl_ref=keep(kl_ref), count=per_agent_sum(mask))
+    spoil = lambda x: keep(_poison(x, bad))
+    return PolicyTerms(loss=spoil(loss), entropy=keep(entropy), approx_kl=spoil(approx_kl),
+                       clip_frac=spoil(clipped), kl_ref=spoil(kl_ref), count=per_agent_sum(mask))
 
 
 def value_terms(new_values: Array, old_values: Array, returns: Array, valid: Array,

@@ -51,7 +51,7 @@ def num_adapters(lora: PyTree) -> int:
 
 def adapter_grad_norms(grads: PyTree) -> Array:
     """`[num_adapters]` global gradient norm of each adapter (before clipping)."""
-    return jax.vmap(optax.global_norm)(grads)
+    return jax.vmap(optax.tree.norm)(grads)
 
 
 def _select(apply: Array, new: PyTree, old: PyTree) -> PyTree:

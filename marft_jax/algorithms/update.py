@@ -32,13 +32,15 @@ from marft_jax.algorithms import critic as critic_lib
 from marft_jax.algorithms import losses, optim, schedules, scoring
 from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.batch import Batch
-from marft_jax.algorithms.config import ALGORITHMS, AlgorithmSpec, PPOConfig  # noqa: F401
+from marft_jax.algorithms.config import ALGORITHMS, AlgorithmSpec, PPOConfig
 from marft_jax.algorithms.state import TrainState
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.graph import DependencyGraph
 from marft_jax.flexmg.trajectory import Trajectory
 
 Array = jax.Array
+
+__all__ = ["ALGORITHMS", "AlgorithmSpec", "PPOConfig", "TrainState", "make_update"]
 
 
 def _credit_for(graph: CreditOrder | DependencyGraph | None, num_agents: int) -> CreditOrder:
@@ -181,7 +183,7 @@ def make_update(graphdef, config: PPOConfig,
             apply = may_step & finite & kl_ok
             lora, actor_opt = optim.masked_actor_step(actor_tx, st.lora, st.actor_opt,
                                                       lora_grads, apply)
-            critic_norm = optax.global_norm(critic_grads)
+            critic_norm = optax.tree.norm(critic_grads)
             critic_finite = jnp.isfinite(critic_norm) & jnp.all(jnp.isfinite(vterms.loss))
             critic_apply = critic_finite & spec.uses_critic
             critic, critic_opt = optim.masked_critic_step(critic_tx, st.critic, st.critic_opt,

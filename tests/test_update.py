@@ -1,0 +1,294 @@
+"""The jitted MARFT update on a tiny model: schedules, guards, per-agent optimisers, learning.
+
+Trajectories are built by hand from random tokens of the tiny vocabulary. Each distinct
+configuration compiles once (module-scoped fixtures), so the file stays fast on two cores.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from marft_jax.algorithms import critic as critic_lib
+from marft_jax.algorithms import optim, schedules, scoring
+from marft_jax.algorithms.config import PPOConfig
+from marft_jax.algorithms.state import create_train_state
+from marft_jax.algorithms.update import make_update
+from marft_jax.errors import ConfigError
+from marft_jax.flexmg.trajectory import Trajectory
+from marft_jax.models import functional as F
+from marft_jax.models.config import LoraConfig
+from tests.conftest import tiny_config
+
+TARGET = 7  # the token the learning test rewards
+
+
+def make_trajectory(seed, rounds, agents, envs, obs_len, act_len, target_share=0.0):
+    """Random left-padded observations, right-padded actions, rewards for TARGET tokens."""
+    rng = np.random.default_rng(seed)
+    obs = rng.integers(1, 256, (rounds, agents, envs, obs_len)).astype(np.int32)
+    pads = rng.integers(0, obs_len // 2 + 1, (rounds, agents, envs))
+    obs_mask = np.arange(obs_len) >= pads[..., None]
+    obs = np.where(obs_mask, obs, 0)
+    actions = rng.integers(1, 256, (rounds, agents, envs, act_len)).astype(np.int32)
+    actions[..., 0] = np.where(rng.random((rounds, agents, envs)) < target_share, TARGET,
+                               actions[..., 0])
+    lengths = rng.integers(1, act_len + 1, (rounds, agents, envs))
+    action_mask = np.arange(act_len) < lengths[..., None]
+    actions = np.where(action_mask, actions, 0)
+    rewards = (actions[..., 0] == TARGET).astype(np.float32)
+    dones = rng.random((rounds, envs)) < 0.5
+    dones[-1] = True
+    logprobs = np.full((rounds, agents, envs, act_len), -np.log(256.0), np.float32)
+    return Trajectory(
+        obs_tokens=jnp.asarray(obs), obs_mask=jnp.asarray(obs_mask),
+        action_tokens=jnp.asarray(actions), action_mask=jnp.asarray(action_mask),
+        behaviour_logprobs=jnp.asarray(logprobs), policy_logprobs=jnp.asarray(logprobs),
+        rewards=jnp.asarray(rewards), dones=jnp.asarray(dones),
+        scores=jnp.asarray(rewards[:, -1]), next_obs_tokens=jnp.asarray(obs[0, 0]),
+        next_obs_mask=jnp.asarray(obs_mask[0, 0]),
+        adapter_ids=jnp.arange(agents, dtype=jnp.int32))
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = tiny_config()
+    graphdef, base, lora = F.init_model(cfg, LoraConfig(num_adapters=2, rank=4, alpha=8.0),
+                                        seed=0)
+    return graphdef, base, lora
+
+
+def _leaves(tree):
+    return [np.array(x) for x in jax.tree.leaves(tree)]
+
+
+def _adapter(tree, index):
+    return [np.array(x[index]) for x in jax.tree.leaves(tree)]
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def _make_rescorer(graphdef):
+    @jax.jit
+    def rescore(base, lora, traj):
+        """Fresh policy log-probs of the trajectory's actions (a new rollout's "old")."""
+        r, a, e, o = traj.obs_tokens.shape
+        k = traj.action_tokens.shape[-1]
+        tokens = jnp.concatenate([traj.obs_tokens, traj.action_tokens], -1)
+        mask = jnp.concatenate([traj.obs_mask, traj.action_mask], -1)
+        ids = jnp.broadcast_to(traj.adapter_ids[None, :, None], (r, a, e)).reshape(-1)
+        logits = F.sequence_logits(graphdef, base, lora, tokens.reshape(r * a * e, o + k),
+                                   mask.reshape(r * a * e, o + k), ids)
+        logp = jax.nn.log_softmax(logits[:, o - 1:o - 1 + k], -1)
+        chosen = jnp.take_along_axis(logp, traj.action_tokens.reshape(-1, k, 1), -1)[..., 0]
+        return chosen.reshape(r, a, e, k)
+    return rescore
+
+
+# ----------------------------------------------------------------- schedules (marft_t path)
+
+ROTATION = PPOConfig(algorithm="marft_t", epochs=1, num_minibatches=1, grad_accum_steps=2,
+                     lr_actor=1e-2, lr_critic=1e-2, critic_hidden=(32, 16),
+                     critic_trunk="shared", critic_heads="per_agent", kl_coef=0.05,
+                     recompute_old_logprobs=True, agent_iteration_interval=4,
+                     critic_warmup_samples=5)
+
+
+def test_warmup_then_agent_by_agent_rotation(model):
+    graphdef, base, lora = model
+    base_before = _leaves(base)
+    traj = make_trajectory(0, rounds=1, agents=2, envs=4, obs_len=5, act_len=3)
+    state = create_train_state(ROTATION, lora, jax.random.key(0), 64, 2)
+    update = make_update(graphdef, ROTATION)
+
+    # Update 1: 4 samples < 5 -> critic warm-up: adapters and their moments unchanged.
+    new, metrics = update(state, base, traj, jax.random.key(1))
+    assert bool(metrics["warmup"])
+    assert _same(_leaves(new.lora), _leaves(state.lora))
+    assert _same(_leaves(new.actor_opt), _leaves(state.actor_opt))
+    assert not _same(_leaves(new.critic), _leaves(state.critic))
+    np.testing.assert_array_equal(new.policy_steps, [0, 0])
+    assert int(new.critic_steps) == 1 and int(new.samples) == 4
+
+    # Update 2: 8 samples -> slot (8 // 4) % 2 = 0: only agent 0's adapter moves.
+    state, new = new, update(new, base, traj, jax.random.key(2))[0]
+    assert not _same(_adapter(new.lora, 0), _adapter(state.lora, 0))
+    assert _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
+    assert _same(_adapter(new.actor_opt, 1), _adapter(state.actor_opt, 1))
+    np.testing.assert_array_equal(new.policy_steps, [1, 0])
+
+    # Update 3: 12 samples -> slot 1: only agent 1's adapter moves.
+    state, (new, metrics) = new, update(new, base, traj, jax.random.key(3))
+    assert _same(_adapter(new.lora, 0), _adapter(state.lora, 0))
+    assert not _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
+    np.testing.assert_array_equal(metrics["scheduled"], [False, True])
+    np.testing.assert_array_equal(new.policy_steps, [1, 1])
+    assert _same(_leaves(base), base_before)
+    assert all(np.all(np.isfinite(x)) for x in _leaves(new.lora) + _leaves(new.critic))
+    assert update._cache_size() == 1
+
+
+def test_schedule_masks_follow_decision_order_and_shared_adapters():
+    order = (1, 2, 0)
+    got = [np.asarray(schedules.scheduled_agents(s, 10, order)) for s in (5, 10, 25, 30)]
+    want = [[0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    np.testing.assert_array_equal(np.array(got, int), want)
+    assert np.all(np.asarray(schedules.scheduled_agents(123, 0, order)))
+    adapters = schedules.adapter_mask(jnp.array([False, True, False]), jnp.array([0, 1, 1]), 2)
+    np.testing.assert_array_equal(adapters, [False, True])
+    summed = schedules.agents_to_adapters(jnp.array([jnp.nan, 1.0, 2.0]), jnp.array([0, 1, 1]),
+                                          2)
+    assert np.isnan(summed[0]) and float(summed[1]) == 3.0
+
+
+# ------------------------------------------------------------ per-agent optimiser clipping
+
+
+def test_gradient_clipping_is_independent_per_adapter():
+    config = PPOConfig(max_grad_norm=0.5, lr_actor=1e-3)
+    tx = optim.actor_optimizer(config)
+    params = {"w": jnp.zeros((2, 3, 4)), "v": jnp.zeros((2, 5))}
+    small = {"w": jnp.full((3, 4), 0.01), "v": jnp.full((5,), -0.02)}
+    huge = jax.tree.map(lambda x: 1e6 * jnp.ones_like(x), small)
+    stack = lambda a, b: jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b)
+    opt = optim.init_actor(tx, params)
+    apply = jnp.array([True, True])
+    p_huge, s_huge = optim.masked_actor_step(tx, params, opt, stack(huge, small), apply)
+    p_small, _ = optim.masked_actor_step(tx, params, opt, stack(small, small), apply)
+    assert _same(_adapter(p_huge, 1), _adapter(p_small, 1))
+    mu = s_huge[1][0].mu  # Adam's first moment after one step: (1 − β1) · clipped gradient
+    np.testing.assert_allclose(float(optax.tree.norm(jax.tree.map(lambda x: x[0], mu))),
+                               0.1 * 0.5, rtol=1e-5)
+    np.testing.assert_allclose(float(optax.tree.norm(jax.tree.map(lambda x: x[1], mu))),
+                               0.1 * float(optax.tree.norm(small)), rtol=1e-5)
+    held, held_state = optim.masked_actor_step(tx, params, opt, stack(huge, small),
+                                               jnp.array([False, True]))
+    assert _same(_adapter(held, 0), _adapter(params, 0))
+    assert _same(_adapter(held_state, 0), _adapter(opt, 0))
+
+
+# ------------------------------------------------------- marft_a: guards, learning, compiling
+
+MARFT_A = PPOConfig(algorithm="marft_a", epochs=2, num_minibatches=2, grad_accum_steps=2,
+                    lr_actor=1e-2, lr_critic=1e-3, critic_hidden=(32, 16))
+
+
+@pytest.fixture(scope="module")
+def marft_a_update(model):
+    return make_update(model[0], MARFT_A)
+
+
+def test_nan_in_one_agent_is_skipped_and_counted(model, marft_a_update):
+    graphdef, base, lora = model
+    traj = make_trajectory(1, rounds=1, agents=2, envs=16, obs_len=5, act_len=1,
+                           target_share=0.5)
+    traj = traj.replace(policy_logprobs=traj.policy_logprobs.at[:, 0].set(jnp.nan))
+    state = create_train_state(MARFT_A, lora, jax.random.key(0), 64, 2)
+    new, metrics = marft_a_update(state, base, traj, jax.random.key(1))
+    steps = MARFT_A.epochs * MARFT_A.num_minibatches
+    for leaf in _leaves(new.lora) + _leaves(new.critic) + _leaves(new.actor_opt):
+        assert np.all(np.isfinite(leaf))
+    assert _same(_adapter(new.lora, 0), _adapter(state.lora, 0))
+    assert not _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
+    assert not _same(_leaves(new.critic), _leaves(state.critic))
+    np.testing.assert_array_equal(new.skipped_nonfinite, [steps, 0])
+    np.testing.assert_array_equal(metrics["skipped_nonfinite"], [steps, 0])
+    np.testing.assert_array_equal(new.policy_steps, [0, steps])
+    assert int(new.critic_steps) == steps
+
+
+def test_update_raises_target_logprobs_and_compiles_once(model, marft_a_update):
+    graphdef, base, lora = model
+    rescore = _make_rescorer(graphdef)
+    traj = make_trajectory(2, rounds=1, agents=2, envs=16, obs_len=5, act_len=1,
+                           target_share=0.5)
+    is_target = np.asarray(traj.action_tokens[..., 0] == TARGET)  # [R, A, E]
+    state = create_train_state(MARFT_A, lora, jax.random.key(0), 64, 2)
+
+    def mean_logp(lora_state):
+        logp = np.asarray(rescore(base, lora_state, traj))[..., 0]
+        return logp[is_target].mean(), logp[~is_target].mean()
+
+    target_before, other_before = mean_logp(state.lora)
+    value_losses = []
+    for i in range(4):
+        traj = traj.replace(policy_logprobs=rescore(base, state.lora, traj))
+        state, metrics = marft_a_update(state, base, traj, jax.random.key(10 + i))
+        value_losses.append(float(metrics["value_loss"]))
+    target_after, other_after = mean_logp(state.lora)
+    assert target_after > target_before + 0.3, (target_before, target_after)
+    assert other_after < other_before, (other_before, other_after)
+    assert value_losses[-1] < value_losses[0], value_losses
+    np.testing.assert_array_equal(state.policy_steps, [16, 16])
+    assert int(state.step) == 4 and int(state.samples) == 4 * 16
+    assert marft_a_update._cache_size() == 1
+
+
+def test_grpo_trains_adapters_and_leaves_the_critic(model):
+    graphdef, base, lora = model
+    config = PPOConfig(algorithm="grpo", group_size=4, epochs=1, num_minibatches=1,
+                       lr_actor=1e-2, critic_hidden=(8,), logprob_norm="token")
+    traj = make_trajectory(3, rounds=1, agents=2, envs=8, obs_len=4, act_len=2,
+                           target_share=0.5)
+    state = create_train_state(config, lora, jax.random.key(0), 64, 2)
+    new, metrics = make_update(graphdef, config)(state, base, traj, jax.random.key(1))
+    assert _same(_leaves(new.critic), _leaves(state.critic))
+    assert int(new.critic_steps) == 0
+    for index in (0, 1):
+        assert not _same(_adapter(new.lora, index), _adapter(state.lora, index))
+    assert np.all(np.isfinite(np.asarray(metrics["policy_loss"])))
+
+
+def test_bad_sizes_and_missing_word_counts_raise(model):
+    graphdef, base, lora = model
+    traj = make_trajectory(4, rounds=1, agents=2, envs=2, obs_len=4, act_len=2)
+    config = PPOConfig(num_minibatches=4, critic_hidden=(8,))
+    state = create_train_state(config, lora, jax.random.key(0), 64, 2)
+    with pytest.raises(ConfigError, match="micro-batches"):
+        make_update(graphdef, config)(state, base, traj, jax.random.key(0))
+    config = PPOConfig(num_minibatches=1, logprob_norm="word", critic_hidden=(8,))
+    with pytest.raises(ConfigError, match="word_counts"):
+        make_update(graphdef, config)(state, base, traj, jax.random.key(0))
+    with pytest.raises(ConfigError, match="algorithm"):
+        PPOConfig(algorithm="appo")
+
+
+def test_critic_heads_layouts():
+    key = jax.random.key(0)
+    shared = critic_lib.init_critic(key, 8, 1, (16, 4))
+    assert [shared[f"w{i}"].shape for i in range(3)] == [(1, 8, 16), (1, 16, 4), (1, 4, 1)]
+    feats = jax.random.normal(key, (3, 5, 8))  # [A, batch, H]
+    values = critic_lib.critic_values(shared, feats, critic_lib.head_ids_for("shared", 3))
+    one = jax.tree.map(lambda w: w[0], shared)
+    np.testing.assert_allclose(values, critic_lib.apply_head(one, feats), rtol=1e-6)
+    per_agent = critic_lib.init_critic(key, 8, 3, (16, 4))
+    values = critic_lib.critic_values(per_agent, feats, critic_lib.head_ids_for("per_agent", 3))
+    head2 = jax.tree.map(lambda w: w[2], per_agent)
+    np.testing.assert_allclose(values[2], critic_lib.apply_head(head2, feats[2]), rtol=1e-6)
+
+
+def test_scoring_positions_line_up_with_prefix_forwards(model):
+    """Token k's log-prob and value features come from the prefix `obs ; a_<k` alone."""
+    graphdef, base, lora = model
+    lora = jax.tree.map(lambda x: x + 0.05, lora)  # adapters that change the logits
+    traj = make_trajectory(5, rounds=1, agents=2, envs=3, obs_len=5, act_len=3)
+    scores = jax.jit(lambda b, l, t: scoring.score_actions(
+        graphdef, b, l, t.obs_tokens, t.obs_mask, t.action_tokens, t.action_mask,
+        t.adapter_ids, num_value_positions=3))(base, lora, traj)
+    obs = traj.obs_tokens.reshape(6, 5)
+    obs_mask = traj.obs_mask.reshape(6, 5)
+    acts = traj.action_tokens.reshape(6, 3)
+    ids = jnp.repeat(traj.adapter_ids, 3)  # rows are (agent, env) with R = 1
+    for k in range(2):
+        tokens = jnp.concatenate([obs, acts[:, :k]], axis=1)
+        mask = jnp.concatenate([obs_mask, jnp.ones((6, k), bool)], axis=1)
+        logits = F.sequence_logits(graphdef, base, lora, tokens, mask, ids)[:, -1]
+        want = jnp.take_along_axis(jax.nn.log_softmax(logits), acts[:, k:k + 1], -1)[:, 0]
+        np.testing.assert_allclose(scores.token_logprobs[0, :, :, k].reshape(6), want,
+                                   atol=1e-4)
+    obs_feats = scoring.observation_features(graphdef, base, lora, obs, obs_mask, ids)
+    np.testing.assert_allclose(scores.features[0, :, :, 0].reshape(6, -1), obs_feats,
+                               atol=1e-4)

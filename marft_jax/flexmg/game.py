@@ -72,9 +72,16 @@ def _start_state(layout: ObservationLayout, problems: ProblemTable, problem_id: 
 
 
 def init_game(layout: ObservationLayout, problems: ProblemTable, num_envs: int,
-              state_size: int, key: Array) -> GameState:
-    """Draws a problem order from `key` and starts `num_envs` episodes."""
-    order = jax.random.permutation(key, problems.num_problems).astype(jnp.int32)
+              state_size: int, key: Array | None, order: Array | None = None) -> GameState:
+    """Starts `num_envs` episodes with problems drawn in a key-derived order.
+
+    Args:
+        key: draws the problem order (a permutation); unused when `order` is given.
+        order: `[P]` an explicit problem order (evaluation walks the table in order).
+    """
+    if order is None:
+        order = jax.random.permutation(key, problems.num_problems)
+    order = jnp.asarray(order, jnp.int32)
     ids = order[jnp.arange(num_envs) % problems.num_problems]
     tokens, length = jax.vmap(lambda p: _start_state(layout, problems, p, state_size))(ids)
     return GameState(tokens=tokens, length=length, round=jnp.zeros((num_envs,), jnp.int32),

@@ -21,9 +21,12 @@ Array = jax.Array
 class KVCache:
     """Keys and values of every layer, one entry per cache slot.
 
+    Heads come before slots so that attention reads the cache in place (no per-step
+    transpose of the whole cache).
+
     Attributes:
-        keys: per layer `[batch, slots, kv_heads, head_dim]`.
-        values: per layer `[batch, slots, kv_heads, head_dim]`.
+        keys: per layer `[batch, kv_heads, slots, head_dim]`.
+        values: per layer `[batch, kv_heads, slots, head_dim]`.
     """
 
     keys: tuple[Array, ...]
@@ -31,13 +34,13 @@ class KVCache:
 
     @classmethod
     def zeros(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
-        shape = (batch, slots, config.num_kv_heads, config.head_dim)
+        shape = (batch, config.num_kv_heads, slots, config.head_dim)
         make = lambda: tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
         return cls(keys=make(), values=make())
 
     @property
     def slots(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[2]
 
 
 def _lora_for(name: str, lora: LoraConfig | None) -> LoraConfig | None:
@@ -84,27 +87,34 @@ class Attention(nnx.Module):
         v = self.v_proj(x, adapter_ids).reshape(b, t, c.num_kv_heads, c.head_dim)
         inv_freq = rope_inverse_frequencies(c.head_dim, c.rope)
         q = apply_rope(q, positions, inv_freq)
-        k = apply_rope(k, positions, inv_freq)
+        k = apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3)  # [batch, kv, tokens, hd]
+        v = v.transpose(0, 2, 1, 3)  # [batch, kv_heads, tokens, head_dim]
         if cache_kv is not None:
             ck, cv = cache_kv
             zero = jnp.zeros((), jnp.int32)
-            idx = (zero, write_index.astype(jnp.int32), zero, zero)
+            idx = (zero, zero, write_index.astype(jnp.int32), zero)
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), idx)
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), idx)
             new_kv = (k, v)
         else:
             new_kv = None
-        slots = k.shape[1]
+        slots = k.shape[2]
         q_slot = write_index + jnp.arange(t)  # [tokens]
         causal = jnp.arange(slots)[None, :] <= q_slot[:, None]  # [tokens, slots]
         mask = causal[None] & kv_valid[:, None, :]  # [batch, tokens, slots]
         groups = c.num_heads // c.num_kv_heads
-        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+        # [batch, kv_heads, groups * tokens, head_dim]: one batched matmul per (row, kv head).
+        q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim).transpose(0, 2, 3, 1, 4)
+        q = q.reshape(b, c.num_kv_heads, groups * t, c.head_dim)
+        scores = jnp.einsum("bkqd,bksd->bkqs", q, k.astype(q.dtype),
                             preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
+        scores = scores.reshape(b, c.num_kv_heads, groups, t, slots)
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(x.dtype))
+        probs = probs.reshape(b, c.num_kv_heads, groups * t, slots)
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(x.dtype),
+                         preferred_element_type=jnp.float32).astype(x.dtype)
+        out = out.reshape(b, c.num_kv_heads, groups, t, c.head_dim).transpose(0, 3, 1, 2, 4)
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return self.o_proj(out, adapter_ids), new_kv
 
@@ -196,6 +206,9 @@ class Decoder(nnx.Module):
 
     def logits(self, hidden: Array) -> Array:
         """LM head: `[..., hidden]` -> float32 logits `[..., vocab]`."""
-        w = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-        return jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype),
+        if self.lm_head is None:  # tied: contract with the embedding rows, no transpose
+            return jnp.einsum("...d,vd->...v", hidden,
+                              self.embed_tokens[...].astype(hidden.dtype),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(hidden.dtype),
                           preferred_element_type=jnp.float32)

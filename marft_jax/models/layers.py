@@ -105,11 +105,13 @@ class LoRALinear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         if self.lora_a is not None:
-            ids = jnp.maximum(adapter_ids, 0)
-            a = self.lora_a[...][ids]  # [batch, in, rank]
-            b = self.lora_b[...][ids]  # [batch, rank, out]
-            h = jnp.einsum("btd,bdr->btr", x.astype(jnp.float32), a)
-            delta = jnp.einsum("btr,bre->bte", h, b) * self.lora_scale
-            on = (adapter_ids >= 0)[:, None, None]
-            y = y + jnp.where(on, delta, 0.0)
+            # All adapters at once, then a one-hot row mask: two dense matmuls and no per-row
+            # gather of adapter weights (a row with a negative id has an all-zero mask).
+            n, d, r = self.lora_a.shape
+            onehot = jax.nn.one_hot(adapter_ids, n, dtype=jnp.float32)  # [batch, adapters]
+            a = self.lora_a[...].transpose(1, 0, 2).reshape(d, n * r)  # [in, adapters*rank]
+            h = jnp.einsum("btd,dk->btk", x.astype(jnp.float32), a)  # [batch, tokens, n*r]
+            h = (h.reshape(*h.shape[:2], n, r) * onehot[:, None, :, None]).reshape(h.shape)
+            b = self.lora_b[...].reshape(n * r, -1)  # [adapters*rank, out]
+            y = y + jnp.einsum("btk,ke->bte", h, b) * self.lora_scale
         return y.astype(x.dtype)

@@ -1,0 +1,194 @@
+"""The pure, jittable generation core: a prefill, then a decode loop over a KV cache.
+
+`generate` has no host code, so the multi-agent rollout can call it inside `jax.jit` or
+`lax.scan`. Rows may mix adapters (`adapter_ids`), temperatures and token limits; all three
+are traced. The prompt is `[batch, P]` with any padding pattern (left padding is the usual
+one): RoPE positions count real tokens, and generated tokens go to cache slots P, P+1, ...
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from marft_jax.models.config import DTYPES, ModelConfig
+from marft_jax.models.decoder import KVCache
+from marft_jax.models.functional import forward, lm_logits, positions_from_mask
+from marft_jax.sampling import distributions as D
+from marft_jax.sampling.types import Generation, SamplerConfig
+
+Array = jax.Array
+
+
+@struct.dataclass
+class _State:
+    """Decode-loop carry."""
+
+    step: Array  # [] int32, output column of the token sampled last
+    cache: KVCache
+    last: Array  # [batch] int32, the token sampled last
+    done: Array  # [batch] bool, row finished (stop token, limit, or never started)
+    out: Generation
+
+
+def model_config(graphdef, base, lora) -> ModelConfig:
+    """The decoder's static ModelConfig (works on concrete and traced states)."""
+    return nnx.merge(graphdef, base, lora).config
+
+
+def cache_slots(prompt_len: int, config: SamplerConfig) -> int:
+    """Cache slots `generate` needs: the prompt plus every generated token but the last."""
+    return prompt_len + config.max_new_tokens - 1
+
+
+def init_cache(model_cfg: ModelConfig, batch: int, prompt_len: int,
+               config: SamplerConfig) -> KVCache:
+    """A zero cache for `generate_with_cache` (distinct buffers per leaf, safe to donate)."""
+    if config.decode_dtype is not None:
+        model_cfg = model_cfg.replace(dtype=config.decode_dtype)
+    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config))
+
+
+def _cast(tree, dtype_name: str | None):
+    if dtype_name is None:
+        return tree
+    dtype = DTYPES[dtype_name]
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def row_keys(key: Array, batch: int) -> Array:
+    """Per-row typed keys `[batch]`: `fold_in(key, row)` for one key, or `key` if `[batch]`.
+
+    Raw uint32 keys (`jax.random.PRNGKey`) are accepted and wrapped.
+    """
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    if key.ndim == 0:
+        return jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(batch))
+    if key.shape != (batch,):
+        raise ValueError(f"generate: key must be one key or one per row [{batch}], "
+                         f"got shape {key.shape}")
+    return key
+
+
+def _sample(state: _State, logits: Array, keys: Array, temperatures: Array,
+            max_new: Array, step: Array, config: SamplerConfig) -> _State:
+    """Draws token `step` for every row from `logits` `[batch, vocab]` and records it."""
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+    tokens, logprobs = D.draw(logits, step_keys, temperatures, config)  # [batch] each
+    active = ~state.done
+    out = state.out
+    col = lambda buf, value: jax.lax.dynamic_update_slice_in_dim(
+        buf, value[:, None].astype(buf.dtype), step, axis=1)
+    policy = out.policy_logprobs
+    if policy is not None:
+        policy = col(policy, jnp.where(active, D.policy_logprobs(logits, tokens), 0.0))
+    out = Generation(
+        tokens=col(out.tokens, jnp.where(active, tokens, config.pad_token_id)),
+        mask=col(out.mask, active),
+        logprobs=col(out.logprobs, jnp.where(active, logprobs, 0.0)),
+        policy_logprobs=policy,
+        lengths=out.lengths + active.astype(jnp.int32))
+    stop = jnp.zeros_like(active)
+    for stop_id in config.stop_token_ids:
+        stop = stop | (tokens == stop_id)
+    done = state.done | stop | (step + 1 >= max_new)
+    return state.replace(step=step, last=tokens, done=done, out=out)
+
+
+def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
+                        prompt_mask: Array, adapter_ids: Array, key: Array,
+                        temperatures: Array, max_new: Array, cache: KVCache, *,
+                        config: SamplerConfig) -> tuple[Generation, KVCache]:
+    """`generate` over a caller-provided cache, returned for reuse (donate it under jit).
+
+    The cache's slots must equal `cache_slots(P, config)`. Its old contents need not be
+    zero: slots are masked until written, and masked attention weights are exactly 0.
+    """
+    b, p = prompt_tokens.shape
+    n = config.max_new_tokens
+    if cache.slots != cache_slots(p, config) or cache.keys[0].shape[0] != b:
+        raise ValueError(f"generate: cache holds {cache.keys[0].shape[0]} rows x "
+                         f"{cache.slots} slots; need {b} x {cache_slots(p, config)}")
+    prompt_mask = prompt_mask.astype(bool)
+    adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
+    temperatures = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (b,))
+    max_new = jnp.minimum(jnp.broadcast_to(jnp.asarray(max_new, jnp.int32), (b,)), n)
+    keys = row_keys(key, b)
+    slots = cache.slots
+    prompt_len = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [batch]
+
+    # Prefill: the whole prompt, logits only at each row's last real token.
+    pre_base, pre_lora = _cast(base, config.prefill_dtype), _cast(lora, config.prefill_dtype)
+    kv_valid = jnp.zeros((b, slots), bool).at[:, :p].set(prompt_mask)
+    hidden, cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
+                            positions_from_mask(prompt_mask), adapter_ids, kv_valid, cache, 0)
+    last_index = jnp.maximum(p - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=1), 0)  # [batch]
+    last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)  # [b, 1, h]
+    logits = lm_logits(graphdef, pre_base, pre_lora, last_hidden)[:, 0]  # [batch, vocab]
+
+    zeros_f = jnp.zeros((b, n), jnp.float32)
+    state = _State(
+        step=jnp.zeros((), jnp.int32), cache=cache, last=jnp.zeros((b,), jnp.int32),
+        done=max_new <= 0,
+        out=Generation(tokens=jnp.full((b, n), config.pad_token_id, jnp.int32),
+                       mask=jnp.zeros((b, n), bool), logprobs=zeros_f,
+                       policy_logprobs=zeros_f if config.policy_logprobs else None,
+                       lengths=jnp.zeros((b,), jnp.int32)))
+    state = _sample(state, logits, keys, temperatures, max_new, state.step, config)
+
+    dec_base, dec_lora = _cast(base, config.decode_dtype), _cast(lora, config.decode_dtype)
+    generated = jnp.arange(n - 1)  # [N - 1] cache slot offsets of generated tokens
+
+    def step_fn(s: _State) -> _State:
+        # Feed token `s.step` (at slot p + s.step) and sample token `s.step + 1`.
+        valid = kv_valid.at[:, p:].set(generated[None, :] <= s.step)  # [batch, slots]
+        positions = (prompt_len + s.step)[:, None]  # [batch, 1]
+        hidden, cache = forward(graphdef, dec_base, dec_lora, s.last[:, None], positions,
+                                adapter_ids, valid, s.cache, p + s.step)
+        logits = lm_logits(graphdef, dec_base, dec_lora, hidden)[:, 0]  # [batch, vocab]
+        return _sample(s.replace(cache=cache), logits, keys, temperatures, max_new,
+                       s.step + 1, config)
+
+    def running(s: _State) -> Array:
+        return (s.step + 1 < n) & ~jnp.all(s.done)
+
+    if config.loop == "while":
+        state = jax.lax.while_loop(running, step_fn, state)
+    else:
+        def scan_body(s, _):
+            return jax.lax.cond(running(s), step_fn, lambda x: x, s), None
+
+        state, _ = jax.lax.scan(scan_body, state, None, length=n - 1, unroll=config.unroll)
+    return state.out, state.cache
+
+
+def generate(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
+             prompt_mask: Array, adapter_ids: Array, key: Array, temperatures: Array,
+             max_new: Array, *, config: SamplerConfig) -> Generation:
+    """Samples up to `config.max_new_tokens` tokens per row; pure and jittable.
+
+    Args:
+        graphdef, base, lora: the split decoder (`functional.split_model`).
+        prompt_tokens: `[batch, P]` int32 prompt ids (padding anywhere, usually left).
+        prompt_mask: `[batch, P]` bool, true for real prompt tokens.
+        adapter_ids: `[batch]` int32 adapter per row (< 0: base model), or a scalar.
+        key: one PRNG key (row r uses `fold_in(key, r)`) or `[batch]` per-row keys; step t
+            of a row uses `fold_in(row_key, t)`, so a row's tokens do not depend on the
+            other rows of the batch.
+        temperatures: `[batch]` float32 per-row temperature (<= 0: greedy), or a scalar.
+        max_new: `[batch]` int32 per-row token limit (clipped to `config.max_new_tokens`;
+            <= 0: the row generates nothing), or a scalar.
+        config: static settings.
+
+    Returns:
+        A `Generation` with `[batch, config.max_new_tokens]` fields.
+    """
+    cfg = model_config(graphdef, base, lora)
+    cache = init_cache(cfg, prompt_tokens.shape[0], prompt_tokens.shape[1], config)
+    out, _ = generate_with_cache(graphdef, base, lora, prompt_tokens, prompt_mask,
+                                 adapter_ids, key, temperatures, max_new, cache,
+                                 config=config)
+    return out

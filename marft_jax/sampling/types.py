@@ -1,0 +1,100 @@
+"""Static sampler configuration and the generation result pytree."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+from flax import struct
+
+from marft_jax.errors import ConfigError
+
+Array = jax.Array
+
+DTYPE_NAMES = ("float32", "bfloat16")
+LOOPS = ("while", "scan")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Everything about generation that fixes shapes or control flow (hashable, static).
+
+    Per-row temperatures and per-row token limits are traced arrays passed to `generate`, so
+    they vary without recompiling; everything here is compiled in.
+
+    Attributes:
+        max_new_tokens: static upper bound N on generated tokens (the output width).
+        top_k: keep the k most likely tokens (0 = the whole vocabulary). Uses `lax.top_k`,
+            so it keeps exactly k tokens (transformers keeps ties with the k-th as well).
+        top_p: nucleus mass (1.0 = off), applied after temperature and top-k as in
+            transformers: the smallest prefix of the sorted tokens whose mass reaches top_p.
+        greedy: argmax decoding for every row (per-row greedy: temperature <= 0).
+        stop_token_ids: ids that end a row (EOS and end-of-turn markers). The stop token is
+            kept in the output and counted in `lengths`.
+        pad_token_id: written after a row stops.
+        policy_logprobs: also return log-probs of the raw (untempered, untruncated) policy.
+        loop: "while" (`lax.while_loop`, exits once every row is done) or "scan" (`lax.scan`
+            over N steps whose body is skipped with `lax.cond` once every row is done).
+        unroll: scan unroll factor (loop="scan" only).
+        prefill_dtype: dtype the prompt forward pass computes in (None = the weights' own).
+            On CPUs without AMX, XLA's bfloat16 matmuls are slower than float32 at large M,
+            so bf16 weights may prefill faster upcast to float32.
+        decode_dtype: dtype of the per-token decode steps (None = the weights' own).
+    """
+
+    max_new_tokens: int = 256
+    top_k: int = 50
+    top_p: float = 1.0
+    greedy: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    policy_logprobs: bool = True
+    loop: str = "while"
+    unroll: int = 1
+    prefill_dtype: str | None = None
+    decode_dtype: str | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens <= 0:
+            raise ConfigError("sampler config: 'max_new_tokens' must be positive, "
+                              f"got {self.max_new_tokens}")
+        if self.top_k < 0:
+            raise ConfigError(f"sampler config: 'top_k' must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"sampler config: 'top_p' must be in (0, 1], got {self.top_p}")
+        if self.loop not in LOOPS:
+            raise ConfigError(f"sampler config: 'loop' is {self.loop!r}; choose from {LOOPS}")
+        if self.unroll < 1:
+            raise ConfigError(f"sampler config: 'unroll' must be >= 1, got {self.unroll}")
+        for name in ("prefill_dtype", "decode_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPE_NAMES:
+                raise ConfigError(f"sampler config: {name!r} is {value!r}; choose from "
+                                  f"{DTYPE_NAMES} or None")
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+    def replace(self, **changes) -> "SamplerConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@struct.dataclass
+class Generation:
+    """Generated tokens with the log-probs PPO needs, right-padded after each row's stop.
+
+    Attributes:
+        tokens: `[batch, N]` int32 generated ids; `pad_token_id` after the row stopped.
+        mask: `[batch, N]` bool, true for generated tokens (the stop token included).
+        logprobs: `[batch, N]` float32 log-probs of the distribution actually sampled from
+            (after temperature, top-k and top-p; 0 for greedy rows, a point mass); 0 where
+            `mask` is false.
+        policy_logprobs: `[batch, N]` float32 log-probs under the raw-logit policy
+            (`log_softmax(logits)`, no temperature or truncation), 0 where `mask` is false;
+            None when disabled in the config.
+        lengths: `[batch]` int32 number of generated tokens per row.
+    """
+
+    tokens: Array
+    mask: Array
+    logprobs: Array
+    policy_logprobs: Array | None
+    lengths: Array

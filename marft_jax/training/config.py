@@ -1,0 +1,187 @@
+"""The experiment config: one ml_collections schema, and `finalize` that validates it.
+
+Every `configs/*.py` starts from `base_config()` and overrides fields; entry points load
+it with `config_flags.DEFINE_config_file("config")`, so any field is overridable on the
+command line (`--config.ppo.clip_eps=0.1`). `finalize(config)` checks every field (a bad
+one raises `ConfigError` naming it: `config field 'ppo.lr_actor': ...`) and derives the
+typed pieces the run is built from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from marft_jax.algorithms.config import PPOConfig
+from marft_jax.errors import ConfigError
+from marft_jax.flexmg.layout import LAYOUTS
+from marft_jax.flexmg.rollout import PLACEMENTS, RolloutConfig
+from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig
+
+TASKS = ("arithmetic", "dataset", "tokens")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All fields with their defaults (the reference's where it has one)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(
+        name="smollm2-135m-instruct",  # registered name, HF directory, .gguf, or "tiny"
+        dtype="float32",
+        # Random tiny decoder for tests and smoke runs (used when name == "tiny").
+        tiny=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8),
+    ))
+    c.lora = ml_collections.ConfigDict(dict(
+        rank=8, alpha=16.0, targets=("q_proj", "v_proj"),
+        num_adapters=-1,  # -1: as many as the team names
+    ))
+    c.team = ml_collections.ConfigDict(dict(profiles="math_dual", layout="chat"))
+    c.task = ml_collections.ConfigDict(dict(
+        kind="arithmetic",
+        # arithmetic word problems
+        digits=2, terms=2, ops=("+",), templates="mixed", train_problems=2000,
+        heldout_problems=200,
+        # a shared dataset (kind == "dataset")
+        dataset="gsm8k", train_split="train", eval_split="test",
+        # the JAX-native token task (kind == "tokens")
+        num_symbols=8,
+    ))
+    c.rollout = ml_collections.ConfigDict(dict(
+        num_envs=8, num_rounds=1, horizon=3, obs_tokens=512, reward_placement="last",
+    ))
+    c.sampling = ml_collections.ConfigDict(dict(
+        max_new_tokens=256, temperature=0.5, top_k=50, top_p=1.0,
+    ))
+    c.ppo = ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(PPOConfig()).items()})
+    c.ppo.critic_hidden = tuple(c.ppo.critic_hidden)
+    c.train = ml_collections.ConfigDict(dict(
+        iterations=10, eval_every=0, eval_problems=200, eval_greedy=True, eval_samples=1,
+        checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
+        log_every=1,
+    ))
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """The validated, typed form of a config."""
+
+    config: ml_collections.ConfigDict
+    seed: int
+    model_name: str
+    dtype: str
+    tiny: dict[str, Any] | None
+    lora: LoraConfig
+    team: Any  # flexmg.profiles.Team
+    layout: str
+    task: dict[str, Any]
+    rollout: RolloutConfig
+    sampling: dict[str, Any]
+    ppo: PPOConfig
+    train: dict[str, Any]
+
+
+def _fail(field: str, message: str):
+    raise ConfigError(f"config field '{field}': {message}")
+
+
+def _check_positive_int(c, section: str, names: tuple[str, ...], allow_zero=False):
+    for name in names:
+        value = c[section][name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+            _fail(f"{section}.{name}", f"must be an integer {'≥ 0' if allow_zero else '≥ 1'}, "
+                                       f"got {value!r}")
+
+
+def finalize(config: ml_collections.ConfigDict) -> Experiment:
+    """Validates every field and derives the typed experiment.
+
+    Raises:
+        ConfigError: naming the first bad field (`config field 'section.name': ...`).
+    """
+    from marft_jax.flexmg.profiles import load_team
+
+    c = config
+    for section in ("model", "lora", "team", "task", "rollout", "sampling", "ppo", "train"):
+        if section not in c:
+            _fail(section, "section is missing")
+    if c.model.dtype not in DTYPES:
+        _fail("model.dtype", f"{c.model.dtype!r} is not one of {list(DTYPES)}")
+    _check_positive_int(c, "lora", ("rank",))
+    if not c.lora.alpha > 0:
+        _fail("lora.alpha", f"must be positive, got {c.lora.alpha!r}")
+    targets = tuple(c.lora.targets)
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad or not targets:
+        _fail("lora.targets", f"unknown or empty projections {bad or targets}; choose from "
+                              f"{list(LORA_TARGETS)}")
+    if c.team.layout not in LAYOUTS and not (c.task.kind == "tokens"):
+        _fail("team.layout", f"{c.team.layout!r} is not one of {list(LAYOUTS)}")
+    try:
+        team = load_team(c.team.profiles)
+    except ConfigError as e:
+        raise ConfigError(f"config field 'team.profiles': {e}") from None
+    num_adapters = c.lora.num_adapters
+    if num_adapters == -1:
+        num_adapters = team.num_adapters
+    elif not isinstance(num_adapters, int) or num_adapters < 1:
+        _fail("lora.num_adapters", f"must be -1 (from the team) or ≥ 1, got {num_adapters!r}")
+    elif team.num_adapters > num_adapters:
+        _fail("lora.num_adapters", f"{num_adapters} adapters configured but the team "
+                                   f"{team.source} names {team.num_adapters} "
+                                   f"({', '.join(team.adapter_names)})")
+    lora = LoraConfig(num_adapters=num_adapters, rank=c.lora.rank, alpha=float(c.lora.alpha),
+                      targets=targets)
+
+    if c.task.kind not in TASKS:
+        _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
+    _check_positive_int(c, "task", ("train_problems", "digits", "terms", "num_symbols"))
+    _check_positive_int(c, "task", ("heldout_problems",), allow_zero=True)
+    _check_positive_int(c, "rollout", ("num_envs", "num_rounds", "horizon", "obs_tokens"))
+    if c.rollout.reward_placement not in PLACEMENTS:
+        _fail("rollout.reward_placement", f"{c.rollout.reward_placement!r} is not one of "
+                                          f"{list(PLACEMENTS)}")
+    _check_positive_int(c, "sampling", ("max_new_tokens",))
+    _check_positive_int(c, "sampling", ("top_k",), allow_zero=True)
+    if not (isinstance(c.sampling.temperature, (int, float)) and c.sampling.temperature >= 0):
+        _fail("sampling.temperature", f"must be ≥ 0 (0 = greedy), got {c.sampling.temperature!r}")
+    if not 0 < c.sampling.top_p <= 1:
+        _fail("sampling.top_p", f"must be in (0, 1], got {c.sampling.top_p!r}")
+
+    for name in ("lr_actor", "lr_critic"):
+        value = c.ppo[name]
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            _fail(f"ppo.{name}", f"must be a positive learning rate, got {value!r}")
+    ppo_fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    unknown = sorted(set(c.ppo.keys()) - ppo_fields)
+    if unknown:
+        _fail(f"ppo.{unknown[0]}", "is not a PPO setting")
+    try:
+        ppo = PPOConfig(**{k: (tuple(v) if isinstance(v, (list, tuple)) else v)
+                           for k, v in c.ppo.items()})
+    except ConfigError as e:
+        raise ConfigError(f"config field 'ppo': {e}") from None
+    if ppo.algorithm == "grpo" and c.rollout.num_envs % ppo.group_size:
+        _fail("ppo.group_size", f"rollout.num_envs={c.rollout.num_envs} is not a multiple of "
+                                f"group_size={ppo.group_size}")
+    if c.rollout.num_envs < ppo.num_minibatches:
+        _fail("ppo.num_minibatches", f"{ppo.num_minibatches} minibatches need at least as many "
+                                     f"envs (rollout.num_envs={c.rollout.num_envs})")
+
+    _check_positive_int(c, "train", ("iterations", "keep_checkpoints", "log_every",
+                                     "eval_samples"))
+    _check_positive_int(c, "train", ("eval_every", "checkpoint_every", "eval_problems"),
+                        allow_zero=True)
+    max_new = int(c.sampling.max_new_tokens)
+    rollout = RolloutConfig(num_rounds=c.rollout.num_rounds, horizon=c.rollout.horizon,
+                            obs_tokens=c.rollout.obs_tokens, action_tokens=max_new,
+                            reward_placement=c.rollout.reward_placement)
+    return Experiment(
+        config=c, seed=int(c.seed), model_name=str(c.model.name), dtype=c.model.dtype,
+        tiny=dict(c.model.tiny) if c.model.name == "tiny" else None, lora=lora, team=team,
+        layout=c.team.layout, task=dict(c.task), rollout=rollout, sampling=dict(c.sampling),
+        ppo=ppo, train=dict(c.train))

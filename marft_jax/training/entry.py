@@ -1,0 +1,62 @@
+"""Shared plumbing of the absl entry points: finalize, run directory, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import ml_collections
+
+from marft_jax.errors import ConfigError
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops INFO records of chatty libraries (Orbax's per-save lines, backend probing)."""
+
+    NOISY = ("orbax", "xla_bridge", "tensorboardX")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+    """Installs `_QuietLibraries` on absl's handler."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def default_run_dir(config: ml_collections.ConfigDict) -> Path:
+    """`<output_dir>/<run_name>`, or a name from team, algorithm, seed and the time."""
+    name = config.train.run_name or (
+        f"{Path(str(config.team.profiles)).stem}_{config.ppo.algorithm}_seed{config.seed}_"
+        f"{time.strftime('%Y%m%d-%H%M%S')}")
+    return Path(config.train.output_dir) / name
+
+
+def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bool,
+              job: Callable) -> int:
+    """Finalizes `config`, prepares the run directory and calls `job(experiment, run_dir)`.
+
+    A `ConfigError` anywhere becomes one line on stderr and exit code 2.
+    """
+    from marft_jax.training.config import finalize
+    from marft_jax.training.run_dir import prepare_run_dir
+
+    quiet_library_logs()
+    try:
+        exp = finalize(config)
+        if resume and run_dir is None and not config.train.run_name:
+            raise ConfigError("--resume needs --run_dir (or config.train.run_name)")
+        path = Path(run_dir) if run_dir else default_run_dir(config)
+        if resume and not (path / "config.json").exists():
+            raise ConfigError(f"{path}: no run to resume (config.json is missing)")
+        prepare_run_dir(config, path, resume)
+        job(exp, path)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return 0

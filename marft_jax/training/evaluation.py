@@ -1,0 +1,123 @@
+"""Evaluation of the team (base + adapters) on a held-out split.
+
+Every problem is played once per sample for one round (as the reference evaluator does),
+greedy or sampled; accuracy is the mean task score, reported overall and per answering
+agent, with pass@k over `samples` samples per problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from marft_jax.flexmg.game import init_game
+from marft_jax.flexmg.rollout import RolloutConfig
+from marft_jax.training.setup import RunSetup, TaskSplit, make_team_rollout
+
+
+def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
+    """Unbiased pass@k (Chen et al. 2021) per problem: n samples, c of them correct."""
+    c = np.asarray(c)
+    if n - k < 0:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    out = np.ones(c.shape, np.float64)
+    for i, ci in np.ndenumerate(c):
+        if n - ci >= k:
+            out[i] = 1.0 - math.comb(int(n - ci), k) / math.comb(n, k)
+    return out
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """A compiled evaluation of one split with a fixed batch size."""
+
+    setup: RunSetup
+    split: TaskSplit
+    batch: int
+    greedy: bool = True
+    samples: int = 1
+
+    def __post_init__(self):
+        temperature = 0.0 if self.greedy else float(self.setup.exp.sampling["temperature"])
+        config = dataclasses.replace(self.setup.rollout_config, num_rounds=1, horizon=1,
+                                     reward_placement="answering")
+        self._rollout = jax.jit(make_team_rollout(self.setup, self.split, config, temperature))
+        self._config: RolloutConfig = config
+        if self.greedy:
+            self.samples = 1
+
+    def run(self, lora, key: jax.Array, limit: int | None = None,
+            responses_path: str | Path | None = None,
+            progress: bool = False) -> dict[str, Any]:
+        """Plays every problem (or the first `limit`) `samples` times.
+
+        Returns:
+            metrics: `accuracy`, `accuracy/<role>` per answering agent, `pass@k` for each
+            k ≤ samples in powers of two, `problems`.
+        """
+        setup, team = self.setup, self.setup.exp.team
+        p = self.split.num_problems if limit is None else min(limit, self.split.num_problems)
+        chunks = math.ceil(p / self.batch)
+        answering = [i for i, a in enumerate(team.answer_mask) if a]
+        scores = np.zeros((self.samples, p), np.float64)
+        per_agent = np.zeros((self.samples, len(answering), p), np.float64)
+        texts: list[dict[str, Any]] = []
+        for s in range(self.samples):
+            for c in range(chunks):
+                order = (jnp.arange(self.split.num_problems) + c * self.batch) % \
+                    self.split.num_problems
+                game = init_game(setup.layout, self.split.table, self.batch, setup.state_size,
+                                 None, order=order)
+                k = jax.random.fold_in(jax.random.fold_in(key, s), c)
+                _, traj = self._rollout((setup.base, lora), game, k)
+                ids = np.asarray(game.problem_id)
+                real = np.arange(self.batch) + c * self.batch < p
+                rows = ids[real]
+                scores[s, rows] = np.asarray(traj.scores[0])[real]
+                rewards = np.asarray(traj.rewards[0])  # [A, E]: own correctness
+                for j, i in enumerate(answering):
+                    per_agent[s, j, rows] = rewards[i][real]
+                if responses_path is not None and self.split.math is not None:
+                    texts.extend(self._responses(traj, ids, real, s))
+                if progress:
+                    done = s * chunks + c + 1
+                    bar = "#" * (30 * done // (self.samples * chunks))
+                    print(f"\reval [{bar:<30}] {done}/{self.samples * chunks}", end="",
+                          flush=True)
+        if progress:
+            print()
+        metrics: dict[str, Any] = {"accuracy": float(scores.mean()), "problems": p}
+        for j, i in enumerate(answering):
+            metrics[f"accuracy/{team.roles[i]}"] = float(per_agent[:, j].mean())
+        correct = (scores > 0).sum(axis=0)
+        k = 1
+        while k <= self.samples:
+            metrics[f"pass@{k}"] = float(pass_at_k(self.samples, correct, k).mean())
+            k *= 2
+        if responses_path is not None and texts:
+            Path(responses_path).write_text("".join(json.dumps(t) + "\n" for t in texts))
+        return metrics
+
+    def _responses(self, traj, ids, real, sample) -> list[dict[str, Any]]:
+        tok, team, math_task = self.setup.tokenizer, self.setup.exp.team, self.split.math
+        actions = np.asarray(traj.action_tokens[0])
+        mask = np.asarray(traj.action_mask[0])
+        rewards = np.asarray(traj.rewards[0])
+        out = []
+        for e in np.nonzero(real)[0]:
+            problem = math_task.problems[int(ids[e])]
+            record = {"id": problem.id, "sample": sample, "problem": problem.problem,
+                      "answer": problem.answer, "score": float(np.asarray(traj.scores[0, e]))}
+            for i, role in enumerate(team.roles):
+                record[role] = tok.decode(actions[i, e][mask[i, e]])
+                if team.answer_mask[i]:
+                    record[f"correct/{role}"] = bool(rewards[i, e] > 0)
+            out.append(record)
+        return out

@@ -1,0 +1,154 @@
+"""The training loop: rollout (one jit) -> update (one jit) -> metrics -> checkpoint.
+
+All randomness derives from the root key by `fold_in(iteration, phase)`, and the game state
+(in-progress episodes and the data cursor) is checkpointed with the adapters, critic and
+optimizer states, so a resumed run continues bit for bit on the same machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from marft_jax.algorithms.state import create_train_state
+from marft_jax.algorithms.update import make_update
+from marft_jax.flexmg.game import init_game
+from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
+from marft_jax.training.config import Experiment
+from marft_jax.training.evaluation import Evaluator
+from marft_jax.training.run_dir import MetricsWriter, read_metrics
+from marft_jax.training.setup import (RunSetup, build_setup, make_team_rollout, sampling_key,
+                                      word_counts)
+
+# Phases folded into the root key.
+_INIT_CRITIC, _INIT_GAME, _ROLLOUT, _UPDATE, _EVAL = range(5)
+
+
+def rollout_metrics(traj) -> dict[str, Any]:
+    """Scalar summaries of a trajectory."""
+    lengths = jnp.sum(traj.action_mask, axis=-1)  # [R, A, E]
+    return {"score": jnp.mean(traj.scores),
+            "reward": jnp.mean(jnp.sum(traj.rewards, axis=1)),
+            "episodes_done": jnp.mean(traj.dones.astype(jnp.float32)),
+            "response_tokens": jnp.mean(lengths, axis=(0, 2))}
+
+
+def _meta(setup: RunSetup, step: int) -> dict[str, Any]:
+    exp = setup.exp
+    return {"step": step,
+            "base_fingerprint": base_fingerprint(setup.model_config.to_dict(), setup.base),
+            "roles": list(exp.team.roles), "adapters": list(exp.team.adapter_names),
+            "lora": {"rank": exp.lora.rank, "alpha": exp.lora.alpha,
+                     "targets": list(exp.lora.targets),
+                     "num_adapters": exp.lora.num_adapters}}
+
+
+def _evaluate(evaluator: Evaluator | None, setup: RunSetup, lora, step: int,
+              run_dir: Path, tag: str) -> dict[str, Any] | None:
+    if evaluator is None:
+        return None
+    key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
+    metrics = evaluator.run(lora, key, limit=setup.exp.train["eval_problems"],
+                            responses_path=run_dir / f"responses_{tag}.jsonl")
+    logging.info("eval %s (step %d): %s", tag, step,
+                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in metrics.items()))
+    return metrics
+
+
+def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Runs (or resumes) a training run in `run_dir`.
+
+    Args:
+        exp: the finalized experiment.
+        run_dir: the run directory (config.json already written by the caller).
+        resume: continue from the latest checkpoint in `run_dir`.
+        stop_after: stop after this many iterations in total (tests: a simulated kill).
+
+    Returns:
+        A summary: eval metrics before and after, last rollout score, iterations done.
+    """
+    run_dir = Path(run_dir)
+    setup = build_setup(exp)
+    team, ppo = exp.team, exp.ppo
+    root = jax.random.key(exp.seed)
+    state = create_train_state(ppo, setup.lora, sampling_key(root, _INIT_CRITIC),
+                               setup.model_config.hidden_size, team.num_agents)
+    num_envs = exp.config.rollout.num_envs
+    game = init_game(setup.layout, setup.train.table, num_envs, setup.state_size,
+                     sampling_key(root, _INIT_GAME))
+    temperature = float(exp.sampling["temperature"])
+    rollout = jax.jit(make_team_rollout(setup, setup.train, setup.rollout_config, temperature))
+    update = make_update(setup.graphdef, ppo, team.graph)
+    needs_words = ppo.logprob_norm == "word"
+
+    checkpointer = RunCheckpointer(run_dir, exp.train["keep_checkpoints"])
+    start = 0
+    summary: dict[str, Any] = {}
+    if resume and checkpointer.latest_step() is not None:
+        step = checkpointer.latest_step()
+        restored, meta = checkpointer.restore(step, {"train": state, "game": game},
+                                              _meta(setup, step) | {"step": step})
+        state, game = restored["train"], restored["game"]
+        summary = meta.get("summary", {})
+        start = step
+        logging.info("resumed %s at iteration %d", run_dir, start)
+    writer = MetricsWriter(run_dir, resume_step=start + 1 if resume else None)
+
+    evaluator = None
+    if setup.heldout is not None and exp.train["eval_problems"] > 0:
+        evaluator = Evaluator(setup, setup.heldout, batch=num_envs,
+                              greedy=exp.train["eval_greedy"], samples=exp.train["eval_samples"])
+    if start == 0 and evaluator is not None:
+        summary["eval_before"] = _evaluate(evaluator, setup, state.lora, 0, run_dir, "before")
+        writer.write(0, {"eval": summary["eval_before"]})
+
+    total = exp.train["iterations"]
+    end = total if stop_after is None else min(total, stop_after)
+    times: list[float] = []
+    for it in range(start, end):
+        t0 = time.perf_counter()
+        game, traj = rollout((setup.base, state.lora), game, sampling_key(root, _ROLLOUT, it))
+        words = jnp.asarray(word_counts(setup, traj)) if needs_words else None
+        state, metrics = update(state, setup.base, traj, sampling_key(root, _UPDATE, it),
+                                words)
+        record = {"rollout": rollout_metrics(traj), "update": metrics}
+        record = jax.tree_util.tree_map(np.asarray, record)
+        step = it + 1
+        if bool(np.any(np.asarray(game.overflow))):
+            raise RuntimeError("a game state outgrew its buffer (a bug in the size derivation)")
+        times.append(time.perf_counter() - t0)
+        if exp.train["eval_every"] and step % exp.train["eval_every"] == 0 and step < total:
+            record["eval"] = _evaluate(evaluator, setup, state.lora, step, run_dir,
+                                       f"step{step}")
+        writer.write(step, record)
+        summary["last_score"] = float(record["rollout"]["score"])
+        if step % exp.train["log_every"] == 0 or step == end:
+            sec = float(np.median(times[-5:]))
+            logging.info("iteration %d/%d  %.1fs/it  ETA %.0fs  score %.3f  reward %.3f  "
+                         "policy_loss %.4f  value_loss %.4f", step, total, sec,
+                         sec * (total - step), record["rollout"]["score"],
+                         record["rollout"]["reward"],
+                         float(np.mean(record["update"].get("policy_loss", np.nan))),
+                         float(np.mean(record["update"].get("value_loss", np.nan))))
+        if (exp.train["checkpoint_every"] and step % exp.train["checkpoint_every"] == 0) \
+                or step == end:
+            meta = _meta(setup, step) | {"summary": summary}
+            checkpointer.save(step, {"train": state, "game": game}, meta)
+    checkpointer.close()
+    if end == total and evaluator is not None:
+        summary["eval_after"] = _evaluate(evaluator, setup, state.lora, total, run_dir, "after")
+        writer.write(total, {"eval": summary["eval_after"]})
+    writer.close()
+    summary["iterations"] = end
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary

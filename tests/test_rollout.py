@@ -166,3 +166,21 @@ def test_horizon_ends_an_unsolved_episode():
                       rounds=4, horizon=2)
     np.testing.assert_array_equal(np.asarray(traj.dones[:, 0]), [False, True, False, True])
     assert float(jnp.sum(traj.rewards)) == 0.0
+
+
+def test_trim_padding_keeps_every_real_token():
+    from marft_jax.flexmg.trajectory import trim_padding
+
+    team = team_from_dicts(REF_TRIO[:2])
+    _, traj, _ = _run(team, [("2+3?", "5")], lambda a, _: ["a", "\\boxed{5}"][a],
+                      style="reference", rounds=2)
+    trimmed = trim_padding(traj, multiple=8)
+    assert trimmed.obs_tokens.shape[-1] < traj.obs_tokens.shape[-1]
+    assert trimmed.obs_tokens.shape[-1] % 8 == 0
+    assert trimmed.action_tokens.shape[-1] == 16  # longest response 9 tokens -> 16
+    for full, cut in ((traj.obs_mask, trimmed.obs_mask), (traj.action_mask, trimmed.action_mask)):
+        assert int(jnp.sum(full)) == int(jnp.sum(cut))
+    for r in range(2):
+        for a in range(2):
+            assert _text(traj.obs_tokens[r, a, 0], traj.obs_mask[r, a, 0]) == \
+                _text(trimmed.obs_tokens[r, a, 0], trimmed.obs_mask[r, a, 0])

@@ -66,3 +66,44 @@ def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"'{field}'" in errors[0], proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+def _tool(name, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / name),
+                           "--config=configs/tiny_cpu.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_export_writes_peft_adapters_equal_to_the_checkpoint(full_run, tmp_path):
+    from marft_jax.models.peft_export import load_peft_adapter
+    from marft_jax.training.checkpoint import RunCheckpointer
+    from marft_jax.training.config import finalize
+    from marft_jax.training.loop import restore_state
+    from marft_jax.training.setup import build_setup
+    from configs.tiny_cpu import get_config
+    import jax
+    import numpy as np
+
+    proc = _tool("export.py", f"--run_dir={full_run}", f"--out={tmp_path / 'export'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    setup = build_setup(finalize(get_config()))
+    state, _, _ = restore_state(setup, RunCheckpointer(full_run, keep=3, async_save=False), 3)
+    loaded = setup.lora
+    for index, name in enumerate(setup.exp.team.adapter_names):
+        loaded = load_peft_adapter(tmp_path / "export" / name, setup.model_config,
+                                   setup.exp.lora, loaded, index)
+    for a, b in zip(jax.tree_util.tree_leaves(state.lora), jax.tree_util.tree_leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_evaluate_writes_metrics_and_refuses_another_base(full_run, tmp_path):
+    proc = _tool("evaluate.py", f"--run_dir={full_run}", f"--out={tmp_path / 'eval'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["problems"] == 4 and 0 <= metrics["accuracy"] <= 1
+    other = _tool("evaluate.py", f"--run_dir={full_run}", "--config.model.tiny.intermediate_size=48")
+    assert other.returncode == 2
+    assert "base_fingerprint" in other.stderr.splitlines()[-1]
+    rank = _tool("evaluate.py", f"--run_dir={full_run}", "--config.lora.rank=2")
+    assert rank.returncode == 2 and "'lora'" in rank.stderr.splitlines()[-1]

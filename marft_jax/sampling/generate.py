@@ -120,11 +120,18 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     slots = cache.slots
     prompt_len = jnp.sum(prompt_mask, axis=1, dtype=jnp.int32)  # [batch]
 
-    # Prefill: the whole prompt, logits only at each row's last real token.
+    # Prefill: the whole prompt into a prompt-sized cache (attention over P slots, not the
+    # P + N - 1 of the full cache), copied into the full cache afterwards.
     pre_base, pre_lora = _cast(base, config.prefill_dtype), _cast(lora, config.prefill_dtype)
+    prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
+                                   for x in leaves) for leaves in (cache.keys, cache.values)))
+    hidden, prompt_cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
+                                   positions_from_mask(prompt_mask), adapter_ids, prompt_mask,
+                                   prompt_cache, 0)
+    put = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
+    cache = KVCache(tuple(map(put, cache.keys, prompt_cache.keys)),
+                    tuple(map(put, cache.values, prompt_cache.values)))
     kv_valid = jnp.zeros((b, slots), bool).at[:, :p].set(prompt_mask)
-    hidden, cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
-                            positions_from_mask(prompt_mask), adapter_ids, kv_valid, cache, 0)
     last_index = jnp.maximum(p - 1 - jnp.argmax(prompt_mask[:, ::-1], axis=1), 0)  # [batch]
     last_hidden = jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)  # [b, 1, h]
     logits = lm_logits(graphdef, pre_base, pre_lora, last_hidden)[:, 0]  # [batch, vocab]

@@ -21,6 +21,7 @@ from absl import logging
 from marft_jax.algorithms.state import create_train_state
 from marft_jax.algorithms.update import make_update
 from marft_jax.flexmg.game import init_game
+from marft_jax.flexmg.trajectory import trim_padding
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
 from marft_jax.training.config import Experiment
 from marft_jax.training.evaluation import Evaluator
@@ -49,6 +50,25 @@ def _meta(setup: RunSetup, step: int) -> dict[str, Any]:
             "lora": {"rank": exp.lora.rank, "alpha": exp.lora.alpha,
                      "targets": list(exp.lora.targets),
                      "num_adapters": exp.lora.num_adapters}}
+
+
+def initial_state(setup: RunSetup):
+    """`(TrainState, GameState)` of a fresh run: critic and problem order from the seed."""
+    exp = setup.exp
+    root = jax.random.key(exp.seed)
+    state = create_train_state(exp.ppo, setup.lora, sampling_key(root, _INIT_CRITIC),
+                               setup.model_config.hidden_size, exp.team.num_agents)
+    game = init_game(setup.layout, setup.train.table, exp.config.rollout.num_envs,
+                     setup.state_size, sampling_key(root, _INIT_GAME))
+    return state, game
+
+
+def restore_state(setup: RunSetup, checkpointer: RunCheckpointer, step: int):
+    """`(TrainState, GameState, meta)` saved at `step`; refuses another base / team / LoRA."""
+    state, game = initial_state(setup)
+    restored, meta = checkpointer.restore(step, {"train": state, "game": game},
+                                          _meta(setup, step))
+    return restored["train"], restored["game"], meta
 
 
 def _evaluate(evaluator: Evaluator | None, setup: RunSetup, lora, step: int,
@@ -81,11 +101,8 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     setup = build_setup(exp)
     team, ppo = exp.team, exp.ppo
     root = jax.random.key(exp.seed)
-    state = create_train_state(ppo, setup.lora, sampling_key(root, _INIT_CRITIC),
-                               setup.model_config.hidden_size, team.num_agents)
+    state, game = initial_state(setup)
     num_envs = exp.config.rollout.num_envs
-    game = init_game(setup.layout, setup.train.table, num_envs, setup.state_size,
-                     sampling_key(root, _INIT_GAME))
     temperature = float(exp.sampling["temperature"])
     rollout = jax.jit(make_team_rollout(setup, setup.train, setup.rollout_config, temperature))
     update = make_update(setup.graphdef, ppo, team.graph)
@@ -95,12 +112,9 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     start = 0
     summary: dict[str, Any] = {}
     if resume and checkpointer.latest_step() is not None:
-        step = checkpointer.latest_step()
-        restored, meta = checkpointer.restore(step, {"train": state, "game": game},
-                                              _meta(setup, step) | {"step": step})
-        state, game = restored["train"], restored["game"]
+        start = checkpointer.latest_step()
+        state, game, meta = restore_state(setup, checkpointer, start)
         summary = meta.get("summary", {})
-        start = step
         logging.info("resumed %s at iteration %d", run_dir, start)
     writer = MetricsWriter(run_dir, resume_step=start + 1 if resume else None)
 
@@ -118,6 +132,7 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     for it in range(start, end):
         t0 = time.perf_counter()
         game, traj = rollout((setup.base, state.lora), game, sampling_key(root, _ROLLOUT, it))
+        traj = trim_padding(traj)
         words = jnp.asarray(word_counts(setup, traj)) if needs_words else None
         state, metrics = update(state, setup.base, traj, sampling_key(root, _UPDATE, it),
                                 words)

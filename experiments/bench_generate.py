@@ -1,0 +1,245 @@
+"""Generation throughput: our sampler against transformers' PyTorch `generate`.
+
+Both sides get the same weights, prompts (random ids, no padding), thread count (the
+process is pinned to `--threads` cores and torch uses that many threads) and exactly the
+requested number of new tokens (no EOS stopping: transformers gets `min_new_tokens`, ours
+no stop ids). Each case alternates ours / transformers `--repeats` times and reports medians
+of new tokens per second (prefill included), their ratio, our prefill time and per-step
+decode time, and our decode's achieved memory bandwidth (weight + KV-cache bytes read per
+step / step time) next to a large numpy copy's bandwidth measured in the same run.
+
+    .venv/bin/python experiments/bench_generate.py --batches=8,32 --new_tokens=64 \
+        --out=/tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="smollm2,tiny", help="comma list: smollm2, tiny")
+    p.add_argument("--batches", default="8,32")
+    p.add_argument("--new_tokens", default="64,256")
+    p.add_argument("--modes", default="greedy,sampled", help="greedy, sampled (T=0.5, k=50)")
+    p.add_argument("--prompt_len", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--dtype", default="bfloat16", help="our weight storage dtype")
+    p.add_argument("--prefill_dtype", default="float32", help="ours; 'none' = storage dtype")
+    p.add_argument("--decode_dtype", default="none", help="ours; 'none' = storage dtype")
+    p.add_argument("--loop", default="while", choices=("while", "scan"))
+    p.add_argument("--hf_dtypes", default="bfloat16",
+                   help="transformers dtypes to run (the fastest is the baseline)")
+    p.add_argument("--skip_hf", action="store_true", help="only our sampler")
+    p.add_argument("--out", default="", help="write the results as JSON here")
+    return p.parse_args()
+
+
+ARGS = _args()
+# Pin before jax / torch start their thread pools, so both use the same cores.
+if hasattr(os, "sched_setaffinity") and ARGS.threads < os.cpu_count():
+    os.sched_setaffinity(0, set(range(ARGS.threads)))
+
+import jax  # noqa: E402
+
+from marft_jax.models.config import LoraConfig  # noqa: E402
+from marft_jax.models.weights import load_model  # noqa: E402
+from marft_jax.sampling import Sampler, SamplerConfig  # noqa: E402
+
+TOP_K, TEMPERATURE = 50, 0.5
+
+
+def copy_bandwidth(nbytes=512 * 2**20, repeats=5) -> float:
+    """GB/s of a large numpy copy, counting bytes read plus bytes written."""
+    a = np.ones(nbytes // 8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
+    return 2 * a.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _none(name):
+    return None if name in ("", "none", "None") else name
+
+
+# ------------------------------------------------------------------------------ models
+
+def tiny_checkpoint(directory: str):
+    """A random-weight 2-layer Llama (d=128, vocab 512) saved for both frameworks."""
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    model.save_pretrained(directory)
+    return directory
+
+
+def load_ours(name: str, path: str):
+    loaded = load_model(path, dtype=ARGS.dtype, lora=LoraConfig(num_adapters=2))
+    return loaded
+
+
+def load_hf(name: str, path: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if name == "smollm2":
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.to(getattr(torch, dtype)).eval()
+
+
+# ------------------------------------------------------------------------------ runners
+
+def run_ours(sampler: Sampler, loaded, tokens, mode: str, new: int, key: int):
+    temps = 0.0 if mode == "greedy" else TEMPERATURE
+    gen = sampler(loaded.base, loaded.lora, (tokens, np.ones_like(tokens, bool)), 0,
+                  jax.random.key(key), temps, new)
+    jax.block_until_ready(gen.tokens)
+    assert int(np.asarray(gen.lengths).min()) == new
+    return gen
+
+
+def run_hf(model, tokens, mode: str, new: int):
+    import torch
+
+    kw = dict(do_sample=False) if mode == "greedy" else dict(
+        do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=1.0)
+    with torch.inference_mode():
+        out = model.generate(input_ids=torch.tensor(tokens, dtype=torch.long),
+                             attention_mask=torch.ones(tokens.shape, dtype=torch.long),
+                             max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **kw)
+    assert out.shape[1] == tokens.shape[1] + new
+
+
+def decode_bytes_per_step(loaded, batch: int, slots: int, decode_dtype: str | None) -> int:
+    """Weight bytes plus KV-cache bytes one decode step reads."""
+    cfg = loaded.config
+    item = 2 if (decode_dtype or cfg.dtype) == "bfloat16" else 4
+    weights = sum(x.size for x in jax.tree.leaves(loaded.base)) * item
+    lora = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(loaded.lora))
+    kv = batch * cfg.num_layers * 2 * cfg.num_kv_heads * slots * cfg.head_dim * item
+    return weights + lora + kv
+
+
+def bench_model(name: str, path: str, results: list, bandwidth: float):
+    loaded = load_ours(name, path)
+    hf_models = {} if ARGS.skip_hf else {d: load_hf(name, path, d)
+                                          for d in ARGS.hf_dtypes.split(",")}
+    rng = np.random.default_rng(0)
+    vocab = loaded.config.vocab_size
+    for batch in map(int, ARGS.batches.split(",")):
+        tokens = rng.integers(3, vocab, (batch, ARGS.prompt_len)).astype(np.int32)
+        for new in map(int, ARGS.new_tokens.split(",")):
+            for mode in ARGS.modes.split(","):
+                config = SamplerConfig(
+                    max_new_tokens=new, top_k=TOP_K, greedy=mode == "greedy",
+                    stop_token_ids=(), pad_token_id=0, loop=ARGS.loop,
+                    prefill_dtype=_none(ARGS.prefill_dtype),
+                    decode_dtype=_none(ARGS.decode_dtype))
+                sampler = Sampler(loaded.graphdef, config, batch_buckets=(batch,),
+                                  prompt_buckets=(ARGS.prompt_len,))
+                prefill = Sampler(loaded.graphdef, config.replace(max_new_tokens=1),
+                                  batch_buckets=(batch,), prompt_buckets=(ARGS.prompt_len,))
+                t0 = time.perf_counter()
+                run_ours(sampler, loaded, tokens, mode, new, 0)
+                run_ours(prefill, loaded, tokens, mode, 1, 0)
+                compile_s = time.perf_counter() - t0
+                for model in hf_models.values():  # warm-up
+                    run_hf(model, tokens[:, :8], mode, 2)
+                ours, pre, hf = [], [], {d: [] for d in hf_models}
+                for rep in range(ARGS.repeats):
+                    ours.append(_timed(lambda: run_ours(sampler, loaded, tokens, mode, new,
+                                                        rep + 1)))
+                    pre.append(_timed(lambda: run_ours(prefill, loaded, tokens, mode, 1,
+                                                       rep + 1)))
+                    for dtype, model in hf_models.items():
+                        hf[dtype].append(_timed(lambda: run_hf(model, tokens, mode, new)))
+                t_ours, t_pre = float(np.median(ours)), float(np.median(pre))
+                step = (t_ours - t_pre) / max(new - 1, 1)
+                slots = ARGS.prompt_len + new - 1
+                row = dict(
+                    model=name, batch=batch, new_tokens=new, mode=mode,
+                    ours_tok_s=batch * new / t_ours, ours_s=t_ours, ours_prefill_s=t_pre,
+                    ours_decode_step_ms=1e3 * step,
+                    ours_decode_gb_s=decode_bytes_per_step(
+                        loaded, batch, slots, _none(ARGS.decode_dtype)) / step / 1e9,
+                    copy_gb_s=bandwidth, ours_compile_s=compile_s)
+                for dtype, ts in hf.items():
+                    row[f"hf_{dtype}_tok_s"] = batch * new / float(np.median(ts))
+                if hf:
+                    best = max(row[f"hf_{d}_tok_s"] for d in hf)
+                    row["hf_best_tok_s"] = best
+                    row["ratio"] = row["ours_tok_s"] / best
+                row["decode_fraction_of_copy_bw"] = row["ours_decode_gb_s"] / bandwidth
+                results.append(row)
+                print(_format(row), flush=True)
+
+
+def _format(row: dict) -> str:
+    hf = "" if "ratio" not in row else (
+        f" | hf {row['hf_best_tok_s']:7.1f} tok/s | ratio {row['ratio']:.2f}x")
+    return (f"{row['model']:8s} b={row['batch']:<3d} new={row['new_tokens']:<4d} "
+            f"{row['mode']:8s} ours {row['ours_tok_s']:7.1f} tok/s (prefill "
+            f"{row['ours_prefill_s']:.2f} s, decode {row['ours_decode_step_ms']:.1f} ms/step, "
+            f"{row['ours_decode_gb_s']:.1f} GB/s = {100 * row['decode_fraction_of_copy_bw']:.0f}%"
+            f" of copy){hf}")
+
+
+def main():
+    import torch
+
+    torch.set_num_threads(ARGS.threads)
+    bandwidth = copy_bandwidth()
+    meta = dict(
+        command=" ".join([os.path.basename(sys.executable)] + sys.argv),
+        date=subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
+        machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        threads=ARGS.threads, jax=jax.__version__, torch=torch.__version__,
+        xla_flags=os.environ.get("XLA_FLAGS", ""), copy_gb_s=bandwidth,
+        ours=dict(dtype=ARGS.dtype, prefill_dtype=ARGS.prefill_dtype,
+                  decode_dtype=ARGS.decode_dtype, loop=ARGS.loop))
+    print(json.dumps(meta), flush=True)
+    results: list[dict] = []
+    for name in ARGS.models.split(","):
+        if name == "smollm2":
+            from marft_jax.models.registry import resolve_model
+
+            bench_model(name, resolve_model("smollm2-135m-instruct").gguf_path, results,
+                        bandwidth)
+        elif name == "tiny":
+            with tempfile.TemporaryDirectory() as d:
+                bench_model(name, tiny_checkpoint(d), results, bandwidth)
+        else:
+            raise SystemExit(f"--models: unknown model {name!r} (smollm2, tiny)")
+    if ARGS.out:
+        with open(ARGS.out, "w") as f:
+            json.dump(dict(meta=meta, results=results), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Evaluates a team (base + adapters) on a held-out split.
+
+  python experiments/evaluate.py --config=configs/default.py                 # untrained team
+  python experiments/evaluate.py --config=configs/default.py --run_dir=runs/x --step=60
+  python experiments/evaluate.py --config=configs/default.py --run_dir=runs/x \\
+      --config.task.kind=dataset --config.task.dataset=gsm8k --samples=4 --nogreedy
+
+Writes `responses.jsonl` and `metrics.json` into --out (default <run_dir>/eval_<step>).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run whose checkpoint to evaluate (default: "
+                               "the untrained adapters).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_GREEDY = flags.DEFINE_bool("greedy", True, "Greedy decoding (else sampled at "
+                            "config.sampling.temperature).")
+_SAMPLES = flags.DEFINE_integer("samples", 1, "Samples per problem (pass@k), sampled mode.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Evaluate only the first N problems.")
+_SPLIT = flags.DEFINE_enum("split", "heldout", ["heldout", "train"], "Which split.")
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from marft_jax.errors import ConfigError
+    from marft_jax.training.checkpoint import RunCheckpointer
+    from marft_jax.training.config import finalize
+    from marft_jax.training.entry import quiet_library_logs
+    from marft_jax.training.evaluation import Evaluator
+    from marft_jax.training.loop import initial_state, restore_state
+    from marft_jax.training.setup import build_setup
+
+    quiet_library_logs()
+    try:
+        exp = finalize(_CONFIG.value)
+        setup = build_setup(exp)
+        state, _ = initial_state(setup)
+        step = 0
+        if _RUN_DIR.value:
+            checkpointer = RunCheckpointer(_RUN_DIR.value, keep=exp.train["keep_checkpoints"],
+                                           async_save=False)
+            step = _STEP.value if _STEP.value is not None else checkpointer.latest_step()
+            if step is None:
+                raise ConfigError(f"{_RUN_DIR.value}: no checkpoint to evaluate")
+            state, _, _ = restore_state(setup, checkpointer, step)
+        split = setup.heldout if _SPLIT.value == "heldout" else setup.train
+        if split is None:
+            raise ConfigError("config field 'task.heldout_problems': the held-out split is "
+                              "empty")
+        out = Path(_OUT.value or Path(_RUN_DIR.value or "runs") / f"eval_step{step}")
+        out.mkdir(parents=True, exist_ok=True)
+        evaluator = Evaluator(setup, split, batch=exp.config.rollout.num_envs,
+                              greedy=_GREEDY.value, samples=_SAMPLES.value)
+        metrics = evaluator.run(state.lora, jax.random.key(exp.seed), limit=_LIMIT.value,
+                                responses_path=out / "responses.jsonl", progress=True)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    metrics = {"step": step, "split": _SPLIT.value, "greedy": _GREEDY.value, **metrics}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    logging.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    app.run(main)

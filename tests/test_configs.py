@@ -1,0 +1,37 @@
+"""Every shipped config finalizes (profiles and datasets resolve, fields validate)."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from marft_jax.errors import ConfigError
+from marft_jax.training.config import finalize
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_finalizes(name):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    if config.team.profiles.startswith("math_") and not (
+            ROOT.parent / "shared" / "data" / "profiles").is_dir():
+        pytest.skip("../shared/data is absent")
+    exp = finalize(config)
+    assert exp.team.num_agents >= 1
+    assert exp.lora.num_adapters >= exp.team.num_adapters
+
+
+def test_unknown_ppo_field_is_named():
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.ppo.clip_epsilon = 0.1
+    with pytest.raises(ConfigError, match=r"config field 'ppo\.clip_epsilon'"):
+        finalize(config)
+
+
+def test_grpo_group_size_must_divide_envs():
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.ppo.update(algorithm="grpo", group_size=3)
+    with pytest.raises(ConfigError, match=r"config field 'ppo\.group_size'"):
+        finalize(config)

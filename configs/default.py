@@ -16,7 +16,7 @@ def get_config():
     c.team.layout = "chat"
     c.task.update(kind="arithmetic", digits=2, terms=2, ops=("+",), train_problems=2000,
                   heldout_problems=200)
-    c.rollout.update(num_envs=16, num_rounds=1, horizon=1, obs_tokens=320)
+    c.rollout.update(num_envs=16, num_rounds=1, horizon=1, obs_tokens=0)
     c.sampling.update(max_new_tokens=48, temperature=0.7, top_k=50)
     c.ppo.update(algorithm="marft_a", lr_actor=2e-4, lr_critic=1e-3, epochs=2,
                  num_minibatches=2, entropy_coef=0.0, logprob_norm="token")

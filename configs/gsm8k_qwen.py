@@ -15,7 +15,7 @@ def get_config():
     c.team.update(profiles="math_dual", layout="chat")
     c.task.update(kind="dataset", dataset="gsm8k", train_split="train", eval_split="test",
                   train_problems=7473, heldout_problems=1319)
-    c.rollout.update(num_envs=32, num_rounds=1, horizon=3, obs_tokens=2048)
+    c.rollout.update(num_envs=32, num_rounds=1, horizon=3, obs_tokens=0)
     c.sampling.update(max_new_tokens=384, temperature=0.7, top_k=50)
     c.ppo.update(algorithm="marft_a", lr_actor=1e-5, lr_critic=5e-4, logprob_norm="token",
                  num_minibatches=4, epochs=2)

@@ -14,7 +14,7 @@ def get_config():
     c.team.update(profiles="math_dual", layout="reference")
     c.task.update(kind="dataset", dataset="math", train_split="train", eval_split="test",
                   train_problems=7500, heldout_problems=500)
-    c.rollout.update(num_envs=8, num_rounds=1, horizon=3, obs_tokens=2048)
+    c.rollout.update(num_envs=8, num_rounds=1, horizon=3, obs_tokens=0)
     c.sampling.update(max_new_tokens=256, temperature=0.5, top_k=50)
     c.ppo.update(algorithm="marft_a", logprob_norm="sum")
     c.train.update(iterations=1000, eval_every=50, eval_problems=500, checkpoint_every=25)

@@ -10,5 +10,4 @@ from configs.math_dual_appo import get_config as dual_config
 def get_config():
     c = dual_config()
     c.team.profiles = "math_trio"
-    c.rollout.obs_tokens = 2560
     return c

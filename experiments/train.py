@@ -5,6 +5,12 @@
   python experiments/train.py --config=configs/default.py --run_dir=runs/x --resume
 
 Bad input exits with code 2 and one line naming the file or field.
+
+Several processes (GPU nodes, or processes on one machine) form one run with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or the environment
+variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); on a TPU pod slice
+or under SLURM pass --distributed and JAX finds the others itself. Size the mesh with
+--config.mesh.data / fsdp / tp (-1 = the rest of the devices).
 """
 
 import os
@@ -25,15 +31,31 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --run_dir from
                             "checkpoint.")
 _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Stop after this many iterations in "
                                    "total (simulates an interrupted run).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run that JAX "
+                                 "detects (TPU pod slices, SLURM, Open MPI, Kubernetes).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 of a "
+                                   "multi-process run (default: $JAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (default: "
+                                      "$JAX_NUM_PROCESSES; 1 = a single-process run).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (default: "
+                                   "$JAX_PROCESS_ID).")
 
 
 def main(argv):
     del argv
+    from marft_jax import parallel
+
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value, auto_detect=_DISTRIBUTED.value)
+    if not parallel.is_main_process():
+        logging.set_verbosity(logging.WARNING)  # logs and files come from process 0
     from marft_jax.training.loop import train
     from marft_jax.training.plots import plot_learning_curve
 
     def job(exp, run_dir):
         summary = train(exp, run_dir, resume=_RESUME.value, stop_after=_STOP_AFTER.value)
+        if not parallel.is_main_process():
+            return
         png = plot_learning_curve(run_dir)
         before = (summary.get("eval_before") or {}).get("accuracy")
         after = (summary.get("eval_after") or {}).get("accuracy")

@@ -68,16 +68,22 @@ def evaluate_values(critic: dict[str, Array], features: Array, head_ids: Array,
 
 
 def map_env_chunks(fn: Callable, tree, chunk: int):
-    """Applies `fn` to env chunks of `[R, A, E, ...]` leaves, sequentially (`lax.map`)."""
+    """Applies `fn` to env chunks of `[R, A, E, ...]` leaves, sequentially (`lax.map`).
+
+    Chunk j holds envs j, j + n, j + 2n, ... (n = E / chunk): strided, so an env axis split
+    over devices in blocks stays split inside every chunk (each device works on its share
+    of every chunk instead of the chunks being gathered). `fn` is per env, so the grouping
+    changes no result.
+    """
     num_envs = jax.tree.leaves(tree)[0].shape[2]
     n = num_envs // chunk
 
     def split(x):  # [R, A, E, ...] -> [n, R, A, chunk, ...]
-        return jnp.moveaxis(x.reshape(x.shape[:2] + (n, chunk) + x.shape[3:]), 2, 0)
+        return jnp.moveaxis(x.reshape(x.shape[:2] + (chunk, n) + x.shape[3:]), 3, 0)
 
     def merge(y):  # [n, R, A, chunk, ...] -> [R, A, E, ...]
-        y = jnp.moveaxis(y, 0, 2)
-        return y.reshape(y.shape[:2] + (n * chunk,) + y.shape[4:])
+        y = jnp.moveaxis(y, 0, 3)
+        return y.reshape(y.shape[:2] + (chunk * n,) + y.shape[4:])
 
     return jax.tree.map(merge, jax.lax.map(fn, jax.tree.map(split, tree)))
 

@@ -46,13 +46,28 @@ def concat_rows(obs_tokens: Array, obs_mask: Array, action_tokens: Array,
     return tokens, mask
 
 
+def to_rows(x: Array) -> Array:
+    """`[R, A, E, ...]` -> `[E * R * A, ...]`, env-major.
+
+    Rows are independent, so their order is free; env-major keeps an env axis split over
+    devices (data parallelism) a split row axis, where an env-minor flattening would make
+    the compiler gather every row onto every device.
+    """
+    return jnp.moveaxis(x, 2, 0).reshape((-1,) + x.shape[3:])
+
+
+def from_rows(x: Array, r: int, a: int, e: int) -> Array:
+    """Inverse of `to_rows`: `[E * R * A, ...]` -> `[R, A, E, ...]`."""
+    return jnp.moveaxis(x.reshape((e, r, a) + x.shape[1:]), 0, 2)
+
+
 def _row_adapter_ids(adapter_ids: Array | int, r: int, a: int, e: int) -> Array:
-    """`[A]` per-agent (or scalar) adapter ids -> `[R * A * E]` per row."""
+    """`[A]` per-agent (or scalar) adapter ids -> `[E * R * A]` per row (`to_rows` order)."""
     ids = jnp.asarray(adapter_ids, jnp.int32)
     if ids.ndim == 1:
         chex.assert_shape(ids, (a,))
         ids = ids[None, :, None]
-    return jnp.broadcast_to(ids, (r, a, e)).reshape(r * a * e)
+    return to_rows(jnp.broadcast_to(ids, (r, a, e)))
 
 
 def _hidden(graphdef, base, lora, tokens: Array, mask: Array, adapter_ids: Array) -> Array:
@@ -84,22 +99,21 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     r, a, e, o = obs_tokens.shape
     k = action_tokens.shape[-1]
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
-    rows = r * a * e
     ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden = _hidden(graphdef, base, lora, tokens.reshape(rows, o + k),
-                     mask.reshape(rows, o + k), ids)  # [rows, O + K, H]
+    hidden = _hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask),
+                     ids)  # [rows, O + K, H]
     before_action = jax.lax.slice_in_dim(hidden, o - 1, o - 1 + k, axis=1)  # [rows, K, H]
     logits = F.lm_logits(graphdef, base, lora, before_action)  # [rows, K, V] float32
     logp_all = jax.nn.log_softmax(logits, axis=-1)
-    chosen = action_tokens.reshape(rows, k, 1)
+    chosen = to_rows(action_tokens)[..., None]  # [rows, K, 1]
     token_logprobs = jnp.take_along_axis(logp_all, chosen, axis=-1)[..., 0]  # [rows, K]
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [rows, K]
     features = None
     if num_value_positions is not None:
         features = critic_lib.value_features(hidden, o, num_value_positions)
-        features = features.reshape(r, a, e, num_value_positions, -1)
-    return Scores(token_logprobs=token_logprobs.reshape(r, a, e, k),
-                  entropy=entropy.reshape(r, a, e, k), features=features)
+        features = from_rows(features, r, a, e)
+    return Scores(token_logprobs=from_rows(token_logprobs, r, a, e),
+                  entropy=from_rows(entropy, r, a, e), features=features)
 
 
 def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
@@ -110,14 +124,11 @@ def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     Arguments as in `score_actions`; `num_value_positions` is 1 or K.
     """
     r, a, e, o = obs_tokens.shape
-    k = action_tokens.shape[-1]
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
-    rows = r * a * e
     ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden = _hidden(graphdef, base, lora, tokens.reshape(rows, o + k),
-                     mask.reshape(rows, o + k), ids)
+    hidden = _hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids)
     feats = critic_lib.value_features(hidden, o, num_value_positions)
-    return feats.reshape(r, a, e, num_value_positions, -1)
+    return from_rows(feats, r, a, e)
 
 
 def observation_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,

@@ -21,6 +21,7 @@ through the gradient clip). The critic minimises the mean value loss over all de
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,16 +70,22 @@ def _take_envs(tree, index: Array):
 
 
 def _micro_split(tree, steps: int):
-    """`[R, A, E_mb, ...]` leaves -> `[steps, R, A, E_mb // steps, ...]`."""
+    """`[R, A, E_mb, ...]` leaves -> `[steps, R, A, E_mb // steps, ...]`.
+
+    Micro-batch j holds envs j, j + steps, ... (strided), so an env axis split over devices
+    stays split inside every micro-batch; the gradient is a sum over them either way.
+    """
     def split(x):
-        shape = x.shape[:2] + (steps, x.shape[2] // steps) + x.shape[3:]
-        return jnp.moveaxis(x.reshape(shape), 2, 0)
+        shape = x.shape[:2] + (x.shape[2] // steps, steps) + x.shape[3:]
+        return jnp.moveaxis(x.reshape(shape), 3, 0)
     return jax.tree.map(split, tree)
 
 
 def make_update(graphdef, config: PPOConfig,
                 graph: CreditOrder | DependencyGraph | None = None,
-                *, donate: bool = False) -> Callable:
+                *, donate: bool = False, out_shardings: Any = None,
+                constrain_batch: Callable | None = None,
+                grad_map: Callable | None = None) -> Callable:
     """Builds the jitted update for one algorithm configuration.
 
     Args:
@@ -86,6 +93,13 @@ def make_update(graphdef, config: PPOConfig,
         config: static configuration; `config.algorithm` picks the registry entry.
         graph: the team's dependency graph (or a `CreditOrder`); None = the reference chain.
         donate: donate the input state's buffers to the output.
+        out_shardings: `jax.jit` output shardings of `(state, metrics)` (None: propagated).
+        constrain_batch: applied to every minibatch and micro-batch (`Batch -> Batch`, e.g.
+            a sharding constraint on the env axis); None = identity.
+        grad_map: wraps the minibatch gradient `fn(params, ctx, minibatch, policy_count,
+            value_count) -> (grads, (policy_terms, value_terms))`, with `params = (lora,
+            critic)` and `ctx = (base, adapter_ids, scheduled)`; returned sums must be over
+            the whole minibatch (`parallel.Plan.update_options` runs it under `shard_map`).
 
     Returns:
         `update(state, base, trajectory, key, word_counts=None) -> (state, metrics)`, jitted.
@@ -96,6 +110,7 @@ def make_update(graphdef, config: PPOConfig,
         advantage/return/value statistics; `[A]` scheduled (the rotation mask).
     """
     spec = config.spec
+    constrain = constrain_batch or (lambda tree: tree)
     actor_tx = optim.actor_optimizer(config)
     critic_tx = optim.critic_optimizer(config)
     policy_loss = losses.POLICY_LOSSES[spec.policy_loss]
@@ -125,11 +140,12 @@ def make_update(graphdef, config: PPOConfig,
         adapters_scheduled = schedules.adapter_mask(scheduled, traj.adapter_ids, num_adapters)
         may_step = adapters_scheduled & ~warmup  # [NA]
 
-        def objective(params, micro: Batch, policy_count, value_count):
+        def objective(params, ctx, micro: Batch, policy_count, value_count):
             lora, critic = params
+            base, adapter_ids, scheduled = ctx
             scores = scoring.score_actions(
                 graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
-                micro.action_mask, traj.adapter_ids,
+                micro.action_mask, adapter_ids,
                 num_value_positions=p if shared_trunk else None)
             terms = policy_loss(scores.token_logprobs, micro.old_logprobs, micro.action_mask,
                                 micro.advantages, scores.entropy, config.clip_eps,
@@ -149,9 +165,25 @@ def make_update(graphdef, config: PPOConfig,
 
         grad_fn = jax.grad(objective, has_aux=True)
 
+        def minibatch_grads(params, ctx, mb: Batch, policy_count, value_count):
+            """Sums of the gradients and loss terms over the micro-batches of `mb`."""
+            def micro_step(acc, micro):
+                grads, terms = grad_fn(params, ctx, constrain(micro), policy_count,
+                                       value_count)
+                return jax.tree.map(jnp.add, acc, (grads, terms)), None
+
+            zero_terms = (losses.PolicyTerms(*([jnp.zeros((a,))] * 6)),
+                          losses.ValueTerms(jnp.zeros((a,)), jnp.zeros((a,))))
+            init = (jax.tree.map(jnp.zeros_like, params), zero_terms)
+            out, _ = jax.lax.scan(micro_step, init, _micro_split(mb, config.grad_accum_steps))
+            return out
+
+        step_grads = minibatch_grads if grad_map is None else grad_map(minibatch_grads)
+        ctx = (base, traj.adapter_ids, scheduled)
+
         def train_step(carry, index):
             st, totals = carry
-            mb = _take_envs(batch, index)
+            mb = constrain(_take_envs(batch, index))
             if config.advantage_norm == "minibatch":
                 mb = mb.replace(advantages=adv_lib.normalize_advantages(
                     mb.advantages, mb.valid, config.advantage_norm_eps))
@@ -159,16 +191,7 @@ def make_update(graphdef, config: PPOConfig,
             policy_count = jnp.maximum(valid_count, 1.0)
             value_count = jnp.maximum(jnp.sum(valid_count), 1.0)
             params = (st.lora, st.critic)
-
-            def micro_step(acc, micro):
-                grads, terms = grad_fn(params, micro, policy_count, value_count)
-                return jax.tree.map(jnp.add, acc, (grads, terms)), None
-
-            zero_terms = (losses.PolicyTerms(*([jnp.zeros((a,))] * 6)),
-                          losses.ValueTerms(jnp.zeros((a,)), jnp.zeros((a,))))
-            init = (jax.tree.map(jnp.zeros_like, params), zero_terms)
-            (grads, (terms, vterms)), _ = jax.lax.scan(
-                micro_step, init, _micro_split(mb, config.grad_accum_steps))
+            grads, (terms, vterms) = step_grads(params, ctx, mb, policy_count, value_count)
             lora_grads, critic_grads = grads
 
             norms = optim.adapter_grad_norms(lora_grads)  # [NA]
@@ -225,7 +248,8 @@ def make_update(graphdef, config: PPOConfig,
         metrics = _metrics(totals, indices.shape[0], stats, warmup, scheduled)
         return state, metrics
 
-    return jax.jit(update, donate_argnums=(0,) if donate else ())
+    jit_options = {} if out_shardings is None else {"out_shardings": out_shardings}
+    return jax.jit(update, donate_argnums=(0,) if donate else (), **jit_options)
 
 
 def _metrics(totals, num_steps: int, stats, warmup, scheduled) -> dict[str, Array]:

@@ -90,17 +90,15 @@ def trim_padding(traj: Trajectory, multiple: int = 32) -> Trajectory:
     row, rounded up to `multiple` (so the update compiles for a few widths only), makes the
     update's forward and backward passes proportionally cheaper and changes no result.
     """
-    import numpy as np
+    def width(need, axis_len):
+        return min(axis_len, -(-max(1, need) // multiple) * multiple)
 
-    def width(mask, axis_len):
-        need = int(np.max(np.sum(np.asarray(mask), axis=-1), initial=1))
-        return min(axis_len, max(1, -(-need // multiple) * multiple))
-
+    # Reduced on the devices (not via NumPy), so it also works on multi-process arrays.
+    longest = lambda mask: int(jnp.max(jnp.sum(mask, axis=-1, dtype=jnp.int32)))
     o = traj.obs_tokens.shape[-1]
-    keep_o = width(np.concatenate([np.asarray(traj.obs_mask).reshape(-1, o),
-                                   np.asarray(traj.next_obs_mask).reshape(-1, o)]), o)
+    keep_o = width(max(longest(traj.obs_mask), longest(traj.next_obs_mask)), o)
     k = traj.action_tokens.shape[-1]
-    keep_k = width(traj.action_mask, k)
+    keep_k = width(longest(traj.action_mask), k)
     return traj.replace(
         obs_tokens=traj.obs_tokens[..., o - keep_o:], obs_mask=traj.obs_mask[..., o - keep_o:],
         next_obs_tokens=traj.next_obs_tokens[..., o - keep_o:],

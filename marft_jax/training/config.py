@@ -51,13 +51,20 @@ def base_config() -> ml_collections.ConfigDict:
         num_symbols=8,
     ))
     c.rollout = ml_collections.ConfigDict(dict(
-        num_envs=8, num_rounds=1, horizon=3, obs_tokens=512, reward_placement="last",
+        num_envs=8, num_rounds=1, horizon=3, reward_placement="last",
+        obs_tokens=0,  # observation width; 0 = the longest possible, derived
     ))
     c.sampling = ml_collections.ConfigDict(dict(
         max_new_tokens=256, temperature=0.5, top_k=50, top_p=1.0,
     ))
     c.ppo = ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(PPOConfig()).items()})
     c.ppo.critic_hidden = tuple(c.ppo.critic_hidden)
+    c.mesh = ml_collections.ConfigDict(dict(
+        # Device mesh ("data", "fsdp", "tp"); -1 = the rest of the devices. The default is
+        # one device. mode: "auto" (sharded jit) or "shard_map" (data-parallel update
+        # gradient step with an explicit all-reduce; needs fsdp = tp = 1).
+        data=1, fsdp=1, tp=1, mode="auto",
+    ))
     c.train = ml_collections.ConfigDict(dict(
         iterations=10, eval_every=0, eval_problems=200, eval_greedy=True, eval_samples=1,
         checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
@@ -83,6 +90,8 @@ class Experiment:
     sampling: dict[str, Any]
     ppo: PPOConfig
     train: dict[str, Any]
+    mesh: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: dict(data=1, fsdp=1, tp=1, mode="auto"))
 
 
 def _fail(field: str, message: str):
@@ -141,7 +150,8 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
     _check_positive_int(c, "task", ("train_problems", "digits", "terms", "num_symbols"))
     _check_positive_int(c, "task", ("heldout_problems",), allow_zero=True)
-    _check_positive_int(c, "rollout", ("num_envs", "num_rounds", "horizon", "obs_tokens"))
+    _check_positive_int(c, "rollout", ("num_envs", "num_rounds", "horizon"))
+    _check_positive_int(c, "rollout", ("obs_tokens",), allow_zero=True)
     if c.rollout.reward_placement not in PLACEMENTS:
         _fail("rollout.reward_placement", f"{c.rollout.reward_placement!r} is not one of "
                                           f"{list(PLACEMENTS)}")
@@ -176,12 +186,39 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
                                      "eval_samples"))
     _check_positive_int(c, "train", ("eval_every", "checkpoint_every", "eval_problems"),
                         allow_zero=True)
+    mesh = _mesh_section(c)
     max_new = int(c.sampling.max_new_tokens)
     rollout = RolloutConfig(num_rounds=c.rollout.num_rounds, horizon=c.rollout.horizon,
-                            obs_tokens=c.rollout.obs_tokens, action_tokens=max_new,
+                            obs_tokens=max(1, c.rollout.obs_tokens), action_tokens=max_new,
                             reward_placement=c.rollout.reward_placement)
     return Experiment(
         config=c, seed=int(c.seed), model_name=str(c.model.name), dtype=c.model.dtype,
         tiny=dict(c.model.tiny) if c.model.name == "tiny" else None, lora=lora, team=team,
         layout=c.team.layout, task=dict(c.task), rollout=rollout, sampling=dict(c.sampling),
-        ppo=ppo, train=dict(c.train))
+        ppo=ppo, train=dict(c.train), mesh=mesh)
+
+
+def _mesh_section(c) -> dict[str, Any]:
+    """The `mesh` section (optional: one device without it), checked without devices."""
+    from marft_jax.parallel import MODES
+
+    mesh = dict(data=1, fsdp=1, tp=1, mode="auto") | (c.mesh.to_dict() if "mesh" in c else {})
+    unknown = sorted(set(mesh) - {"data", "fsdp", "tp", "mode"})
+    if unknown:
+        _fail(f"mesh.{unknown[0]}", "is not a mesh setting (data, fsdp, tp, mode)")
+    for axis in ("data", "fsdp", "tp"):
+        size = mesh[axis]
+        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
+            _fail(f"mesh.{axis}", f"must be -1 (the rest of the devices) or ≥ 1, got {size!r}")
+    if [mesh[a] for a in ("data", "fsdp", "tp")].count(-1) > 1:
+        _fail("mesh.data", "only one of data, fsdp, tp may be -1")
+    if mesh["mode"] not in MODES:
+        _fail("mesh.mode", f"{mesh['mode']!r} is not one of {list(MODES)}")
+    if mesh["mode"] == "shard_map" and (mesh["fsdp"] != 1 or mesh["tp"] != 1):
+        _fail("mesh.mode", "'shard_map' is the data-parallel mode: it needs mesh.fsdp = "
+                           f"mesh.tp = 1, got fsdp={mesh['fsdp']}, tp={mesh['tp']}")
+    if isinstance(mesh["data"], int) and mesh["data"] > 0 \
+            and c.rollout.num_envs % (mesh["data"] * max(mesh["fsdp"], 1)):
+        _fail("rollout.num_envs", f"{c.rollout.num_envs} environments do not split over "
+                                  f"mesh.data × mesh.fsdp = {mesh['data'] * mesh['fsdp']}")
+    return mesh

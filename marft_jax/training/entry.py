@@ -43,18 +43,22 @@ def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bo
 
     A `ConfigError` anywhere becomes one line on stderr and exit code 2.
     """
+    from marft_jax.parallel import is_main_process, plan_for, sync
     from marft_jax.training.config import finalize
     from marft_jax.training.run_dir import prepare_run_dir
 
     quiet_library_logs()
     try:
         exp = finalize(config)
+        plan_for(exp.mesh)  # the mesh fits the devices, before anything is written
         if resume and run_dir is None and not config.train.run_name:
             raise ConfigError("--resume needs --run_dir (or config.train.run_name)")
         path = Path(run_dir) if run_dir else default_run_dir(config)
         if resume and not (path / "config.json").exists():
             raise ConfigError(f"{path}: no run to resume (config.json is missing)")
-        prepare_run_dir(config, path, resume)
+        if is_main_process():  # multi-process runs: one writer, the others wait for it
+            prepare_run_dir(config, path, resume)
+        sync("run_dir")
         job(exp, path)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -43,12 +43,14 @@ class Evaluator:
     batch: int
     greedy: bool = True
     samples: int = 1
+    plan: Any = None  # parallel.Plan to run on (envs split, results gathered); None: as is
 
     def __post_init__(self):
         temperature = 0.0 if self.greedy else float(self.setup.exp.sampling["temperature"])
         config = dataclasses.replace(self.setup.rollout_config, num_rounds=1, horizon=1,
                                      reward_placement="answering")
-        self._rollout = jax.jit(make_team_rollout(self.setup, self.split, config, temperature))
+        rollout = make_team_rollout(self.setup, self.split, config, temperature, plan=self.plan)
+        self._rollout = jax.jit(rollout) if self.plan is None else self.plan.jit_rollout(rollout)
         self._config: RolloutConfig = config
         if self.greedy:
             self.samples = 1
@@ -76,7 +78,11 @@ class Evaluator:
                 game = init_game(setup.layout, self.split.table, self.batch, setup.state_size,
                                  None, order=order)
                 k = jax.random.fold_in(jax.random.fold_in(key, s), c)
-                _, traj = self._rollout((setup.base, lora), game, k)
+                if self.plan is None:
+                    _, traj = self._rollout((setup.base, lora), game, k)
+                else:
+                    _, traj = self._rollout((setup.base, lora), self.plan.place_game(game), k)
+                    traj = self.plan.fetch_tree(traj)
                 ids = np.asarray(game.problem_id)
                 real = np.arange(self.batch) + c * self.batch < p
                 rows = ids[real]

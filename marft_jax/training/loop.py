@@ -3,6 +3,12 @@
 All randomness derives from the root key by `fold_in(iteration, phase)`, and the game state
 (in-progress episodes and the data cursor) is checkpointed with the adapters, critic and
 optimizer states, so a resumed run continues bit for bit on the same machine.
+
+Devices: the config's `mesh` section gives a `parallel.Plan`; the same rollout and update
+run on one device or many (weights, adapters and optimiser states placed by the sharding
+rules, environments split over data × fsdp). In a multi-process run every process executes
+this loop on its own part of the mesh; checkpoints are written by all processes, metrics,
+logs and files by process 0 only.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from marft_jax import parallel
 from marft_jax.algorithms.state import create_train_state
 from marft_jax.algorithms.update import make_update
 from marft_jax.flexmg.game import init_game
@@ -42,33 +49,49 @@ def rollout_metrics(traj) -> dict[str, Any]:
             "response_tokens": jnp.mean(lengths, axis=(0, 2))}
 
 
-def _meta(setup: RunSetup, step: int) -> dict[str, Any]:
+def _meta(setup: RunSetup, step: int, fingerprint: str | None = None) -> dict[str, Any]:
     exp = setup.exp
-    return {"step": step,
-            "base_fingerprint": base_fingerprint(setup.model_config.to_dict(), setup.base),
+    if fingerprint is None:
+        fingerprint = base_fingerprint(setup.model_config.to_dict(), setup.base)
+    return {"step": step, "base_fingerprint": fingerprint,
             "roles": list(exp.team.roles), "adapters": list(exp.team.adapter_names),
             "lora": {"rank": exp.lora.rank, "alpha": exp.lora.alpha,
                      "targets": list(exp.lora.targets),
                      "num_adapters": exp.lora.num_adapters}}
 
 
-def initial_state(setup: RunSetup):
-    """`(TrainState, GameState)` of a fresh run: critic and problem order from the seed."""
+def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
+    """`(TrainState, GameState)` of a fresh run: critic and problem order from the seed.
+
+    With a `plan`, the state is placed by its sharding rules and the envs are split.
+    """
     exp = setup.exp
     root = jax.random.key(exp.seed)
     state = create_train_state(exp.ppo, setup.lora, sampling_key(root, _INIT_CRITIC),
                                setup.model_config.hidden_size, exp.team.num_agents)
     game = init_game(setup.layout, setup.train.table, exp.config.rollout.num_envs,
                      setup.state_size, sampling_key(root, _INIT_GAME))
+    if plan is not None:
+        state, game = plan.place_params(state), plan.place_game(game)
     return state, game
 
 
-def restore_state(setup: RunSetup, checkpointer: RunCheckpointer, step: int):
-    """`(TrainState, GameState, meta)` saved at `step`; refuses another base / team / LoRA."""
-    state, game = initial_state(setup)
+def restore_state(setup: RunSetup, checkpointer: RunCheckpointer, step: int,
+                  plan: parallel.Plan | None = None, fingerprint: str | None = None):
+    """`(TrainState, GameState, meta)` saved at `step`; refuses another base / team / LoRA.
+
+    With a `plan`, the arrays are restored straight into its shardings (any mesh).
+    """
+    state, game = initial_state(setup, plan)
     restored, meta = checkpointer.restore(step, {"train": state, "game": game},
-                                          _meta(setup, step))
+                                          _meta(setup, step, fingerprint))
     return restored["train"], restored["game"], meta
+
+
+def place_setup(setup: RunSetup, plan: parallel.Plan) -> RunSetup:
+    """The setup with its base weights and initial adapters placed by the sharding rules."""
+    return dataclasses.replace(setup, base=plan.place_params(setup.base),
+                               lora=plan.place_params(setup.lora))
 
 
 def _evaluate(evaluator: Evaluator | None, setup: RunSetup, lora, step: int,
@@ -76,11 +99,13 @@ def _evaluate(evaluator: Evaluator | None, setup: RunSetup, lora, step: int,
     if evaluator is None:
         return None
     key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
+    main = parallel.is_main_process()
     metrics = evaluator.run(lora, key, limit=setup.exp.train["eval_problems"],
-                            responses_path=run_dir / f"responses_{tag}.jsonl")
-    logging.info("eval %s (step %d): %s", tag, step,
-                 ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in metrics.items()))
+                            responses_path=run_dir / f"responses_{tag}.jsonl" if main else None)
+    if main:
+        logging.info("eval %s (step %d): %s", tag, step,
+                     ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in metrics.items()))
     return metrics
 
 
@@ -98,14 +123,21 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         A summary: eval metrics before and after, last rollout score, iterations done.
     """
     run_dir = Path(run_dir)
+    plan = parallel.plan_for(exp.mesh)
+    main = parallel.is_main_process()
     setup = build_setup(exp)
     team, ppo = exp.team, exp.ppo
-    root = jax.random.key(exp.seed)
-    state, game = initial_state(setup)
     num_envs = exp.config.rollout.num_envs
+    plan.check_envs(num_envs, "rollout.num_envs")
+    plan.check_update(ppo, num_envs)
+    fingerprint = base_fingerprint(setup.model_config.to_dict(), setup.base)  # before placing
+    setup = place_setup(setup, plan)
+    root = jax.random.key(exp.seed)
+    state, game = initial_state(setup, plan)
     temperature = float(exp.sampling["temperature"])
-    rollout = jax.jit(make_team_rollout(setup, setup.train, setup.rollout_config, temperature))
-    update = make_update(setup.graphdef, ppo, team.graph)
+    rollout = plan.jit_rollout(make_team_rollout(setup, setup.train, setup.rollout_config,
+                                                 temperature, plan=plan))
+    update = make_update(setup.graphdef, ppo, team.graph, **plan.update_options(state))
     needs_words = ppo.logprob_norm == "word"
 
     checkpointer = RunCheckpointer(run_dir, exp.train["keep_checkpoints"])
@@ -113,18 +145,21 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     summary: dict[str, Any] = {}
     if resume and checkpointer.latest_step() is not None:
         start = checkpointer.latest_step()
-        state, game, meta = restore_state(setup, checkpointer, start)
+        state, game, meta = restore_state(setup, checkpointer, start, plan, fingerprint)
         summary = meta.get("summary", {})
-        logging.info("resumed %s at iteration %d", run_dir, start)
-    writer = MetricsWriter(run_dir, resume_step=start + 1 if resume else None)
+        if main:
+            logging.info("resumed %s at iteration %d", run_dir, start)
+    writer = MetricsWriter(run_dir, resume_step=start + 1 if resume else None) if main else None
+    write = writer.write if main else (lambda *args, **kwargs: None)
 
     evaluator = None
     if setup.heldout is not None and exp.train["eval_problems"] > 0:
         evaluator = Evaluator(setup, setup.heldout, batch=num_envs,
-                              greedy=exp.train["eval_greedy"], samples=exp.train["eval_samples"])
+                              greedy=exp.train["eval_greedy"], samples=exp.train["eval_samples"],
+                              plan=plan)
     if start == 0 and evaluator is not None:
         summary["eval_before"] = _evaluate(evaluator, setup, state.lora, 0, run_dir, "before")
-        writer.write(0, {"eval": summary["eval_before"]})
+        write(0, {"eval": summary["eval_before"]})
 
     total = exp.train["iterations"]
     end = total if stop_after is None else min(total, stop_after)
@@ -133,21 +168,25 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         t0 = time.perf_counter()
         game, traj = rollout((setup.base, state.lora), game, sampling_key(root, _ROLLOUT, it))
         traj = trim_padding(traj)
-        words = jnp.asarray(word_counts(setup, traj)) if needs_words else None
+        words = None
+        if needs_words:
+            actions = traj.replace(action_tokens=plan.fetch(traj.action_tokens),
+                                   action_mask=plan.fetch(traj.action_mask))
+            words = plan.place_envs(word_counts(setup, actions), axis=2)
         state, metrics = update(state, setup.base, traj, sampling_key(root, _UPDATE, it),
                                 words)
         record = {"rollout": rollout_metrics(traj), "update": metrics}
-        record = jax.tree_util.tree_map(np.asarray, record)
+        record = jax.tree_util.tree_map(plan.fetch, record)
         step = it + 1
-        if bool(np.any(np.asarray(game.overflow))):
+        if bool(np.any(plan.fetch(game.overflow))):
             raise RuntimeError("a game state outgrew its buffer (a bug in the size derivation)")
         times.append(time.perf_counter() - t0)
         if exp.train["eval_every"] and step % exp.train["eval_every"] == 0 and step < total:
             record["eval"] = _evaluate(evaluator, setup, state.lora, step, run_dir,
                                        f"step{step}")
-        writer.write(step, record)
+        write(step, record)
         summary["last_score"] = float(record["rollout"]["score"])
-        if step % exp.train["log_every"] == 0 or step == end:
+        if main and (step % exp.train["log_every"] == 0 or step == end):
             sec = float(np.median(times[-5:]))
             logging.info("iteration %d/%d  %.1fs/it  ETA %.0fs  score %.3f  reward %.3f  "
                          "policy_loss %.4f  value_loss %.4f", step, total, sec,
@@ -157,13 +196,14 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
                          float(np.mean(record["update"].get("value_loss", np.nan))))
         if (exp.train["checkpoint_every"] and step % exp.train["checkpoint_every"] == 0) \
                 or step == end:
-            meta = _meta(setup, step) | {"summary": summary}
-            checkpointer.save(step, {"train": state, "game": game}, meta)
+            meta = _meta(setup, step, fingerprint) | {"summary": summary}
+            checkpointer.save(step, {"train": state, "game": game}, meta)  # every process
     checkpointer.close()
     if end == total and evaluator is not None:
         summary["eval_after"] = _evaluate(evaluator, setup, state.lora, total, run_dir, "after")
-        writer.write(total, {"eval": summary["eval_after"]})
-    writer.close()
+        write(total, {"eval": summary["eval_after"]})
     summary["iterations"] = end
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if main:
+        writer.close()
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

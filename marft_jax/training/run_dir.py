@@ -43,7 +43,8 @@ def prepare_run_dir(config: ml_collections.ConfigDict, path: str | Path,
     """Creates (or, with `resume`, reuses) a run directory and records the config.
 
     A fresh run refuses a directory that already holds a run; a resumed run refuses a
-    config that differs from the stored one in anything but `train.iterations`.
+    config that differs from the stored one in anything but `train.iterations` and the
+    device `mesh` (checkpoints restore onto any mesh).
     """
     from marft_jax.errors import ConfigError
 
@@ -55,8 +56,9 @@ def prepare_run_dir(config: ml_collections.ConfigDict, path: str | Path,
             raise ConfigError(f"{path}: already holds a run; pass --resume to continue it or "
                               "choose another --config.train.run_name")
         old, new = json.loads(stored.read_text()), json.loads(text)
-        old["train"].pop("iterations", None)
-        new["train"].pop("iterations", None)
+        for tree in (old, new):
+            tree["train"].pop("iterations", None)
+            tree.pop("mesh", None)
         if old != new:
             changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"{stored}: the stored config differs from this one in "

@@ -19,7 +19,9 @@ from marft_jax.flexmg.layout import (ObservationLayout, build_layout, observatio
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from marft_jax.models.config import ModelConfig
 from marft_jax.models.functional import init_model
-from marft_jax.sampling import SamplerConfig, generate
+from marft_jax.parallel import Plan
+from marft_jax.sampling import (SamplerConfig, generate, generate_with_cache, init_cache,
+                                model_config)
 from marft_jax.training.config import Experiment
 
 
@@ -121,15 +123,20 @@ def build_setup(exp: Experiment) -> RunSetup:
     problem_tokens = max(train.table.tokens.shape[1],
                          heldout.table.tokens.shape[1] if heldout else 0)
     horizon = exp.rollout.horizon
+    # The state buffer holds all `horizon` rounds (the last one is appended before the
+    # reset); an observation sees at most `horizon - 1` rounds of history.
     state_size = state_capacity(layout, problem_tokens, k, team.num_agents, horizon)
+    observed_state = state_capacity(layout, problem_tokens, k, team.num_agents, horizon - 1)
     max_preds = max((len(d) for d in team.dependencies), default=0)
-    needed = observation_capacity(layout, state_size, k, max_preds)
-    obs_tokens = exp.rollout.obs_tokens
-    if obs_tokens < needed:
+    needed = observation_capacity(layout, observed_state, k, max_preds)
+    obs_tokens = int(exp.config.rollout.obs_tokens)
+    if obs_tokens == 0:  # auto: the longest possible observation, rounded up to 32
+        obs_tokens = -(-needed // 32) * 32
+    elif obs_tokens < needed:
         raise ConfigError(f"config field 'rollout.obs_tokens': {obs_tokens} is too small; "
                           f"the longest observation of this team, task and horizon is "
-                          f"{needed} tokens")
-    rollout_config = dataclasses.replace(exp.rollout, pad_id=pad)
+                          f"{needed} tokens (0 = derive it)")
+    rollout_config = dataclasses.replace(exp.rollout, pad_id=pad, obs_tokens=obs_tokens)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling["top_k"],
                             top_p=exp.sampling["top_p"], stop_token_ids=stop,
                             pad_token_id=pad)
@@ -139,24 +146,42 @@ def build_setup(exp: Experiment) -> RunSetup:
                     base_source=source)
 
 
-def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None):
-    """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key)`."""
+def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
+                     plan: Plan | None = None):
+    """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key)`.
+
+    With a `plan`, prompt rows are split over the env shards and the KV cache is laid out
+    by `parallel.KV_CACHE_SPEC` (rows on data × fsdp, KV heads on tp).
+    """
     config = sampler or setup.sampler
     graphdef = setup.graphdef
 
     def generate_fn(params, tokens, mask, adapter_ids, temperatures, max_new, key):
         base, lora = params
-        return generate(graphdef, base, lora, tokens, mask, adapter_ids, key, temperatures,
-                        max_new, config=config)
+        if plan is None:
+            return generate(graphdef, base, lora, tokens, mask, adapter_ids, key, temperatures,
+                            max_new, config=config)
+        tokens, mask = plan.constrain_envs((tokens, mask), axis=0)
+        cache = plan.constrain_kv_cache(init_cache(model_config(graphdef, base, lora),
+                                                   tokens.shape[0], tokens.shape[1], config))
+        out, _ = generate_with_cache(graphdef, base, lora, tokens, mask, adapter_ids, key,
+                                     temperatures, max_new, cache, config=config)
+        return out
 
     return generate_fn
 
 
 def make_team_rollout(setup: RunSetup, split: TaskSplit, config: RolloutConfig,
-                      temperature: float, sampler: SamplerConfig | None = None):
-    """The pure rollout of the team on `split` (see `flexmg.rollout.make_rollout`)."""
-    return make_rollout(setup.exp.team, setup.layout, split.table, make_generate_fn(setup, sampler),
-                        split.reward_fn, config,
+                      temperature: float, sampler: SamplerConfig | None = None,
+                      plan: Plan | None = None):
+    """The pure rollout of the team on `split` (see `flexmg.rollout.make_rollout`).
+
+    With a `plan`, generation is laid out for its mesh and rewards are computed on each
+    device's own environments (`Plan.per_env`).
+    """
+    reward_fn = split.reward_fn if plan is None else plan.per_env(split.reward_fn)
+    return make_rollout(setup.exp.team, setup.layout, split.table,
+                        make_generate_fn(setup, sampler, plan), reward_fn, config,
                         max_new_tokens=setup.exp.sampling["max_new_tokens"],
                         temperature=temperature)
 

@@ -16,10 +16,11 @@ def get_config():
     c.team.layout = "chat"
     c.task.update(kind="arithmetic", digits=2, terms=2, ops=("+",), train_problems=2000,
                   heldout_problems=200)
-    c.rollout.update(num_envs=16, num_rounds=1, horizon=1, obs_tokens=0)
+    c.rollout.update(num_envs=8, num_rounds=1, horizon=1, obs_tokens=0)
     c.sampling.update(max_new_tokens=48, temperature=0.7, top_k=50)
-    c.ppo.update(algorithm="marft_a", lr_actor=2e-4, lr_critic=1e-3, epochs=2,
-                 num_minibatches=2, entropy_coef=0.0, logprob_norm="token")
-    c.train.update(iterations=60, eval_every=0, eval_problems=200, checkpoint_every=20,
+    c.ppo.update(algorithm="marft_a", lr_actor=2e-4, lr_critic=1e-3, epochs=1,
+                 num_minibatches=1, entropy_coef=0.0, logprob_norm="token",
+                 critic_trunk="shared")
+    c.train.update(iterations=20, eval_every=0, eval_problems=200, checkpoint_every=10,
                    output_dir="runs")
     return c

@@ -37,7 +37,8 @@ def _args():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--dtype", default="bfloat16", help="our weight storage dtype")
     p.add_argument("--prefill_dtype", default="float32", help="ours; 'none' = storage dtype")
-    p.add_argument("--decode_dtype", default="none", help="ours; 'none' = storage dtype")
+    p.add_argument("--decode_dtypes", default="none,float32",
+                   help="ours, each run side by side; 'none' = storage dtype")
     p.add_argument("--loop", default="while", choices=("while", "scan"))
     p.add_argument("--hf_dtypes", default="bfloat16",
                    help="transformers dtypes to run (the fastest is the baseline)")
@@ -156,58 +157,69 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
         tokens = rng.integers(3, vocab, (batch, ARGS.prompt_len)).astype(np.int32)
         for new in map(int, ARGS.new_tokens.split(",")):
             for mode in ARGS.modes.split(","):
-                config = SamplerConfig(
-                    max_new_tokens=new, top_k=TOP_K, greedy=mode == "greedy",
-                    stop_token_ids=(), pad_token_id=0, loop=ARGS.loop,
-                    prefill_dtype=_none(ARGS.prefill_dtype),
-                    decode_dtype=_none(ARGS.decode_dtype))
-                sampler = Sampler(loaded.graphdef, config, batch_buckets=(batch,),
-                                  prompt_buckets=(ARGS.prompt_len,))
-                prefill = Sampler(loaded.graphdef, config.replace(max_new_tokens=1),
-                                  batch_buckets=(batch,), prompt_buckets=(ARGS.prompt_len,))
-                t0 = time.perf_counter()
-                run_ours(sampler, loaded, tokens, mode, new, 0)
-                run_ours(prefill, loaded, tokens, mode, 1, 0)
-                compile_s = time.perf_counter() - t0
-                for model in hf_models.values():  # warm-up
-                    run_hf(model, tokens[:, :8], mode, 2)
-                ours, pre, hf = [], [], {d: [] for d in hf_models}
+                row = dict(model=name, batch=batch, new_tokens=new, mode=mode,
+                           prompt_len=ARGS.prompt_len, copy_gb_s=bandwidth, ours={}, hf={})
+                samplers = {}
+                for decode in ARGS.decode_dtypes.split(","):
+                    config = SamplerConfig(
+                        max_new_tokens=new, top_k=TOP_K, greedy=mode == "greedy",
+                        stop_token_ids=(), pad_token_id=0, loop=ARGS.loop,
+                        prefill_dtype=_none(ARGS.prefill_dtype), decode_dtype=_none(decode))
+                    buckets = dict(batch_buckets=(batch,), prompt_buckets=(ARGS.prompt_len,))
+                    samplers[decode] = (Sampler(loaded.graphdef, config, **buckets),
+                                        Sampler(loaded.graphdef,
+                                                config.replace(max_new_tokens=1), **buckets))
+                    t0 = time.perf_counter()
+                    run_ours(samplers[decode][0], loaded, tokens, mode, new, 0)
+                    run_ours(samplers[decode][1], loaded, tokens, mode, 1, 0)
+                    row["ours"][decode] = dict(compile_s=time.perf_counter() - t0, total=[],
+                                               prefill=[])
+                for dtype, model in hf_models.items():  # warm-up at full size
+                    row["hf"][dtype] = dict(warmup_s=_timed(
+                        lambda: run_hf(model, tokens, mode, new)), total=[])
                 for rep in range(ARGS.repeats):
-                    ours.append(_timed(lambda: run_ours(sampler, loaded, tokens, mode, new,
-                                                        rep + 1)))
-                    pre.append(_timed(lambda: run_ours(prefill, loaded, tokens, mode, 1,
-                                                       rep + 1)))
+                    for decode, (full, first) in samplers.items():
+                        times = row["ours"][decode]
+                        times["total"].append(_timed(
+                            lambda: run_ours(full, loaded, tokens, mode, new, rep + 1)))
+                        times["prefill"].append(_timed(
+                            lambda: run_ours(first, loaded, tokens, mode, 1, rep + 1)))
                     for dtype, model in hf_models.items():
-                        hf[dtype].append(_timed(lambda: run_hf(model, tokens, mode, new)))
-                t_ours, t_pre = float(np.median(ours)), float(np.median(pre))
-                step = (t_ours - t_pre) / max(new - 1, 1)
-                slots = ARGS.prompt_len + new - 1
-                row = dict(
-                    model=name, batch=batch, new_tokens=new, mode=mode,
-                    ours_tok_s=batch * new / t_ours, ours_s=t_ours, ours_prefill_s=t_pre,
-                    ours_decode_step_ms=1e3 * step,
-                    ours_decode_gb_s=decode_bytes_per_step(
-                        loaded, batch, slots, _none(ARGS.decode_dtype)) / step / 1e9,
-                    copy_gb_s=bandwidth, ours_compile_s=compile_s)
-                for dtype, ts in hf.items():
-                    row[f"hf_{dtype}_tok_s"] = batch * new / float(np.median(ts))
-                if hf:
-                    best = max(row[f"hf_{d}_tok_s"] for d in hf)
-                    row["hf_best_tok_s"] = best
-                    row["ratio"] = row["ours_tok_s"] / best
-                row["decode_fraction_of_copy_bw"] = row["ours_decode_gb_s"] / bandwidth
+                        row["hf"][dtype]["total"].append(
+                            _timed(lambda: run_hf(model, tokens, mode, new)))
+                for decode, times in row["ours"].items():
+                    t_ours, t_pre = np.median(times["total"]), np.median(times["prefill"])
+                    step = (t_ours - t_pre) / max(new - 1, 1)
+                    gb_s = decode_bytes_per_step(loaded, batch, ARGS.prompt_len + new - 1,
+                                                 _none(decode)) / step / 1e9
+                    times.update(tok_s=batch * new / t_ours, prefill_s=t_pre,
+                                 decode_step_ms=1e3 * step, decode_gb_s=gb_s,
+                                 decode_fraction_of_copy_bw=gb_s / bandwidth)
+                for dtype, times in row["hf"].items():
+                    times["tok_s"] = batch * new / np.median(times["total"])
+                best = max(row["ours"], key=lambda d: row["ours"][d]["tok_s"])
+                row.update(ours_best=best, ours_tok_s=row["ours"][best]["tok_s"])
+                if row["hf"]:
+                    row["hf_best_tok_s"] = max(t["tok_s"] for t in row["hf"].values())
+                    row["ratio"] = row["ours_tok_s"] / row["hf_best_tok_s"]
                 results.append(row)
                 print(_format(row), flush=True)
 
 
 def _format(row: dict) -> str:
-    hf = "" if "ratio" not in row else (
-        f" | hf {row['hf_best_tok_s']:7.1f} tok/s | ratio {row['ratio']:.2f}x")
-    return (f"{row['model']:8s} b={row['batch']:<3d} new={row['new_tokens']:<4d} "
-            f"{row['mode']:8s} ours {row['ours_tok_s']:7.1f} tok/s (prefill "
-            f"{row['ours_prefill_s']:.2f} s, decode {row['ours_decode_step_ms']:.1f} ms/step, "
-            f"{row['ours_decode_gb_s']:.1f} GB/s = {100 * row['decode_fraction_of_copy_bw']:.0f}%"
-            f" of copy){hf}")
+    head = (f"{row['model']:8s} b={row['batch']:<3d} new={row['new_tokens']:<4d} "
+            f"{row['mode']:8s}")
+    lines = []
+    for decode, t in row["ours"].items():
+        lines.append(
+            f"{head} ours[decode={decode}] {t['tok_s']:7.1f} tok/s (prefill "
+            f"{t['prefill_s']:.2f} s, decode {t['decode_step_ms']:.1f} ms/step, "
+            f"{t['decode_gb_s']:.1f} GB/s = {100 * t['decode_fraction_of_copy_bw']:.0f}% of copy)")
+    for dtype, t in row["hf"].items():
+        lines.append(f"{head} hf[{dtype}] {t['tok_s']:7.1f} tok/s")
+    if "ratio" in row:
+        lines.append(f"{head} ratio best ours / best hf = {row['ratio']:.2f}x")
+    return "\n".join(lines)
 
 
 def main():
@@ -222,7 +234,7 @@ def main():
         threads=ARGS.threads, jax=jax.__version__, torch=torch.__version__,
         xla_flags=os.environ.get("XLA_FLAGS", ""), copy_gb_s=bandwidth,
         ours=dict(dtype=ARGS.dtype, prefill_dtype=ARGS.prefill_dtype,
-                  decode_dtype=ARGS.decode_dtype, loop=ARGS.loop))
+                  decode_dtypes=ARGS.decode_dtypes, loop=ARGS.loop))
     print(json.dumps(meta), flush=True)
     results: list[dict] = []
     for name in ARGS.models.split(","):

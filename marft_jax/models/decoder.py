@@ -33,14 +33,28 @@ class KVCache:
     values: tuple[Array, ...]
 
     @classmethod
-    def zeros(cls, config: ModelConfig, batch: int, slots: int) -> "KVCache":
+    def zeros(cls, config: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
+        """A zero cache (distinct buffers per leaf); `dtype` defaults to the model's."""
         shape = (batch, config.num_kv_heads, slots, config.head_dim)
-        make = lambda: tuple(jnp.zeros(shape, config.jnp_dtype) for _ in range(config.num_layers))
+        dtype = config.jnp_dtype if dtype is None else dtype
+        make = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
         return cls(keys=make(), values=make())
 
     @property
     def slots(self) -> int:
         return self.keys[0].shape[2]
+
+
+def _write_slots(cache: Array, new: Array, write_index: Array) -> Array:
+    """Writes `new` `[batch, kv_heads, tokens, head_dim]` into `cache` at slot `write_index`.
+
+    Note: XLA's CPU backend upcasts a bfloat16 dynamic-update-slice to float32, which
+    copies the whole cache on every call instead of writing one slot in place; on CPU a
+    float32 cache avoids that (see `sampling.SamplerConfig.cache_dtype`).
+    """
+    zero = jnp.zeros((), jnp.int32)
+    idx = (zero, zero, write_index.astype(jnp.int32), zero)
+    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), idx)
 
 
 def _lora_for(name: str, lora: LoraConfig | None) -> LoraConfig | None:
@@ -91,10 +105,8 @@ class Attention(nnx.Module):
         v = v.transpose(0, 2, 1, 3)  # [batch, kv_heads, tokens, head_dim]
         if cache_kv is not None:
             ck, cv = cache_kv
-            zero = jnp.zeros((), jnp.int32)
-            idx = (zero, zero, write_index.astype(jnp.int32), zero)
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), idx)
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), idx)
+            k = _write_slots(ck, k, write_index)
+            v = _write_slots(cv, v, write_index)
             new_kv = (k, v)
         else:
             new_kv = None
@@ -103,16 +115,17 @@ class Attention(nnx.Module):
         causal = jnp.arange(slots)[None, :] <= q_slot[:, None]  # [tokens, slots]
         mask = causal[None] & kv_valid[:, None, :]  # [batch, tokens, slots]
         groups = c.num_heads // c.num_kv_heads
+        # Attention runs in the cache's dtype, so the cache is read as it is, never converted.
         # [batch, kv_heads, groups * tokens, head_dim]: one batched matmul per (row, kv head).
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim).transpose(0, 2, 3, 1, 4)
-        q = q.reshape(b, c.num_kv_heads, groups * t, c.head_dim)
-        scores = jnp.einsum("bkqd,bksd->bkqs", q, k.astype(q.dtype),
+        q = q.reshape(b, c.num_kv_heads, groups * t, c.head_dim).astype(k.dtype)
+        scores = jnp.einsum("bkqd,bksd->bkqs", q, k,
                             preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
         scores = scores.reshape(b, c.num_kv_heads, groups, t, slots)
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
         probs = probs.reshape(b, c.num_kv_heads, groups * t, slots)
-        out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(x.dtype),
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, v,
                          preferred_element_type=jnp.float32).astype(x.dtype)
         out = out.reshape(b, c.num_kv_heads, groups, t, c.head_dim).transpose(0, 3, 1, 2, 4)
         out = out.reshape(b, t, c.num_heads * c.head_dim)

@@ -4,15 +4,16 @@
 wraps it for host callers with shape buckets and a compile counter.
 """
 
-from marft_jax.sampling.distributions import (candidates, draw, policy_logprobs,
+from marft_jax.sampling.distributions import (argmax, candidates, draw, policy_logprobs,
                                               sample_logprobs)
-from marft_jax.sampling.generate import (cache_slots, generate, generate_with_cache,
-                                         init_cache, model_config, row_keys)
+from marft_jax.sampling.generate import (cache_slots, cast_params, generate,
+                                         generate_with_cache, init_cache, model_config,
+                                         row_keys)
 from marft_jax.sampling.sampler import Sampler, bucket, left_pad
 from marft_jax.sampling.types import Generation, SamplerConfig
 
 __all__ = [
-    "Generation", "Sampler", "SamplerConfig", "bucket", "cache_slots", "candidates", "draw",
-    "generate", "generate_with_cache", "init_cache", "left_pad", "model_config",
-    "policy_logprobs", "row_keys", "sample_logprobs",
+    "Generation", "Sampler", "SamplerConfig", "argmax", "bucket", "cache_slots", "candidates",
+    "cast_params", "draw", "generate", "generate_with_cache", "init_cache", "left_pad",
+    "model_config", "policy_logprobs", "row_keys", "sample_logprobs",
 ]

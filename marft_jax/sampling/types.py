@@ -40,6 +40,10 @@ class SamplerConfig:
             On CPUs without AMX, XLA's bfloat16 matmuls are slower than float32 at large M,
             so bf16 weights may prefill faster upcast to float32.
         decode_dtype: dtype of the per-token decode steps (None = the weights' own).
+        cache_dtype: dtype of the KV cache. None: float32 on the CPU backend (XLA's CPU
+            backend upcasts a bfloat16 cache update to float32 and so copies the whole
+            cache on every step instead of writing one slot in place), else the decode
+            dtype.
     """
 
     max_new_tokens: int = 256
@@ -53,6 +57,7 @@ class SamplerConfig:
     unroll: int = 1
     prefill_dtype: str | None = None
     decode_dtype: str | None = None
+    cache_dtype: str | None = None
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -66,7 +71,7 @@ class SamplerConfig:
             raise ConfigError(f"sampler config: 'loop' is {self.loop!r}; choose from {LOOPS}")
         if self.unroll < 1:
             raise ConfigError(f"sampler config: 'unroll' must be >= 1, got {self.unroll}")
-        for name in ("prefill_dtype", "decode_dtype"):
+        for name in ("prefill_dtype", "decode_dtype", "cache_dtype"):
             value = getattr(self, name)
             if value is not None and value not in DTYPE_NAMES:
                 raise ConfigError(f"sampler config: {name!r} is {value!r}; choose from "

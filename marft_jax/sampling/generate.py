@@ -112,7 +112,8 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     The cache's slots must equal `cache_slots(P, config)`. Its old contents need not be
     zero: slots are masked until written, and masked attention weights are exactly 0.
     `prefill_base` is `base` already cast to `config.prefill_dtype` (a caller that keeps
-    it across calls saves the cast of every weight on each call); None casts inside.
+    it across calls saves the cast of every weight on each call; the decode steps use it
+    too when `decode_dtype == prefill_dtype`); None casts inside.
     """
     chex.assert_rank(prompt_tokens, 2)
     b, p = prompt_tokens.shape
@@ -157,7 +158,10 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
                        lengths=jnp.zeros((b,), jnp.int32)))
     state = _sample(state, logits, keys, temperatures, max_new, state.step, config)
 
-    dec_base = cast_params(base, config.decode_dtype)
+    if prefill_base is not None and config.decode_dtype == config.prefill_dtype:
+        dec_base = prefill_base
+    else:
+        dec_base = cast_params(base, config.decode_dtype)
     dec_lora = cast_params(lora, config.decode_dtype)
     generated = jnp.arange(n - 1)  # [N - 1] cache slot offsets of generated tokens
 

@@ -9,7 +9,7 @@ decode time, and our decode's achieved memory bandwidth (weight + KV-cache bytes
 step / step time) next to a large numpy copy's bandwidth measured in the same run.
 
     .venv/bin/python experiments/bench_generate.py --batches=8,32 --new_tokens=64 \
-        --out=/tmp/bench.json
+        --out=runs/bench_generate.json
 """
 
 from __future__ import annotations

@@ -9,11 +9,13 @@ import pytest
 
 from marft_jax.models import functional as F
 from marft_jax.models.config import LoraConfig
-from marft_jax.sampling import (Generation, Sampler, SamplerConfig, draw, generate,
+from marft_jax.sampling import (Generation, Sampler, SamplerConfig, argmax, draw, generate,
                                 sample_logprobs)
 from tests.conftest import tiny_config
 
 N = 10  # max_new_tokens of most tests
+# Most tests share this config and 3 x 6 prompts, so they share one compilation.
+DEFAULT = SamplerConfig(max_new_tokens=N, pad_token_id=0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,10 +193,9 @@ def test_mixed_adapter_batch_equals_per_adapter_calls(model):
 
 def test_same_key_same_output_different_key_different(model):
     tokens, mask = _prompts(batch=3, length=6, seed=6)
-    config = SamplerConfig(max_new_tokens=N, pad_token_id=0)
-    a = _gen(model, tokens, mask, 0, jax.random.key(7), 1.0, N, config)
-    b = _gen(model, tokens, mask, 0, jax.random.key(7), 1.0, N, config)
-    c = _gen(model, tokens, mask, 0, jax.random.key(8), 1.0, N, config)
+    a = _gen(model, tokens, mask, 0, jax.random.key(7), 1.0, N, DEFAULT)
+    b = _gen(model, tokens, mask, 0, jax.random.key(7), 1.0, N, DEFAULT)
+    c = _gen(model, tokens, mask, 0, jax.random.key(8), 1.0, N, DEFAULT)
     _assert_generation_equal(a, b, atol=0)
     assert (np.asarray(a.tokens) != np.asarray(c.tokens)).any()
 
@@ -208,7 +209,7 @@ def test_top_k_one_and_tiny_top_p_equal_greedy(model):
         np.testing.assert_array_equal(np.asarray(sampled.tokens), np.asarray(greedy.tokens))
         np.testing.assert_allclose(np.asarray(sampled.logprobs), 0.0, atol=1e-6)
     # ... while plain sampling at T=1 from the same key does leave the argmax path.
-    free = _gen(model, tokens, mask, 1, jax.random.key(9), 1.0, N, top1.replace(top_k=0))
+    free = _gen(model, tokens, mask, 1, jax.random.key(9), 1.0, N, DEFAULT)
     assert (np.asarray(free.tokens) != np.asarray(greedy.tokens)).any()
 
 
@@ -227,20 +228,27 @@ def test_draw_follows_the_truncated_tempered_distribution():
     np.testing.assert_allclose(np.exp(np.asarray(lp)), expected[np.asarray(tokens)], rtol=1e-5)
 
 
+def test_fast_argmax_equals_jnp_argmax_with_ties():
+    logits = jax.random.normal(jax.random.key(0), (16, 300)).round(1)  # many ties
+    logits = logits.at[3, 7].set(9.0).at[3, 250].set(9.0)
+    np.testing.assert_array_equal(np.asarray(argmax(logits)),
+                                  np.asarray(jnp.argmax(logits, axis=-1)))
+    assert int(argmax(logits)[3]) == 7  # the first maximum, like jnp.argmax
+
+
 # -------------------------------------------------------------------- stopping and limits
 
 def test_rows_that_stop_early_are_padded_and_masked(model):
     tokens, mask = _prompts(batch=3, length=6, seed=10)
-    config = SamplerConfig(max_new_tokens=N, greedy=True, pad_token_id=0,
-                           policy_logprobs=False)
-    free = _gen(model, tokens, mask, 0, jax.random.key(0), 0.0, N, config)
-    assert free.policy_logprobs is None
+    free = _gen(model, tokens, mask, 0, jax.random.key(0), 0.0, N, DEFAULT)  # T=0: greedy
     stop = int(free.tokens[0, 2])
     stop_at = [list(np.asarray(r)).index(stop) + 1 if stop in np.asarray(r) else N
                for r in free.tokens]
     limits = np.array([N, 4, 0])
     gen = _gen(model, tokens, mask, 0, jax.random.key(0), 0.0, limits,
-               config.replace(stop_token_ids=(stop, 255), pad_token_id=1))
+               DEFAULT.replace(stop_token_ids=(stop, 255), pad_token_id=1, greedy=True,
+                               policy_logprobs=False))
+    assert gen.policy_logprobs is None
     lengths = np.minimum(stop_at, limits)
     np.testing.assert_array_equal(np.asarray(gen.lengths), lengths)
     cols = np.arange(N)[None, :]
@@ -252,11 +260,10 @@ def test_rows_that_stop_early_are_padded_and_masked(model):
 
 
 def test_scan_loop_equals_while_loop(model):
-    tokens, mask = _prompts(batch=2, length=6, seed=11)
-    config = SamplerConfig(max_new_tokens=N, pad_token_id=0, stop_token_ids=(7,))
-    a = _gen(model, tokens, mask, [0, 1], jax.random.key(1), 0.9, [N, 5], config)
-    b = _gen(model, tokens, mask, [0, 1], jax.random.key(1), 0.9, [N, 5],
-             config.replace(loop="scan", unroll=2))
+    tokens, mask = _prompts(batch=3, length=6, seed=11)
+    a = _gen(model, tokens, mask, [0, 1, 2], jax.random.key(1), 0.9, [N, 5, 1], DEFAULT)
+    b = _gen(model, tokens, mask, [0, 1, 2], jax.random.key(1), 0.9, [N, 5, 1],
+             DEFAULT.replace(loop="scan", unroll=2))
     _assert_generation_equal(a, b)
 
 
@@ -264,12 +271,11 @@ def test_float32_compute_of_bf16_weights_equals_the_upcast_model(model):
     graphdef, base, lora = model
     base16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), base)
     base32 = jax.tree.map(lambda x: x.astype(jnp.float32), base16)
-    tokens, mask = _prompts(batch=2, length=6, seed=12)
-    config = SamplerConfig(max_new_tokens=N, pad_token_id=0)
+    tokens, mask = _prompts(batch=3, length=6, seed=12)
     upcast = _gen((graphdef, base32, lora), tokens, mask, 0, jax.random.key(2), 0.9, N,
-                  config)
+                  DEFAULT)
     mixed = _gen((graphdef, base16, lora), tokens, mask, 0, jax.random.key(2), 0.9, N,
-                 config.replace(prefill_dtype="float32", decode_dtype="float32"))
+                 DEFAULT.replace(prefill_dtype="float32", decode_dtype="float32"))
     _assert_generation_equal(upcast, mixed)
 
 
@@ -295,11 +301,10 @@ def test_sampler_compiles_once_per_bucket_and_drops_padding_rows(model):
 
 def test_sampler_rows_do_not_depend_on_bucket_padding(model):
     graphdef, base, lora = model
-    tokens, mask = _prompts(batch=3, length=7, seed=14)
-    config = SamplerConfig(max_new_tokens=N, pad_token_id=0)
-    sampler = Sampler(graphdef, config, batch_buckets=(8,), prompt_buckets=(16,))
+    tokens, mask = _prompts(batch=3, length=6, seed=14)
+    sampler = Sampler(graphdef, DEFAULT, batch_buckets=(8,), prompt_buckets=(16,))
     via_sampler = sampler(base, lora, (tokens, mask), [0, 1, 2], jax.random.key(3), 0.7)
-    direct = _gen(model, tokens, mask, [0, 1, 2], jax.random.key(3), 0.7, N, config)
+    direct = _gen(model, tokens, mask, [0, 1, 2], jax.random.key(3), 0.7, N, DEFAULT)
     _assert_generation_equal(via_sampler, direct, atol=1e-4)
     # A second call reuses (donates) the kept cache and still gives the same result.
     again = sampler(base, lora, (tokens, mask), [0, 1, 2], jax.random.key(3), 0.7)

@@ -104,6 +104,18 @@ class Sampler:
             self._prefill = (base, self._cast(base, self.config.prefill_dtype))
         return self._prefill[1]
 
+    def _prompt_arrays(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded `(tokens, mask)` with the prompt length rounded up to its bucket."""
+        pad_id = self.config.pad_token_id
+        if isinstance(prompts, tuple):
+            tokens, mask = (np.asarray(x) for x in prompts)
+            extra = bucket(tokens.shape[1], self.prompt_buckets) - tokens.shape[1]
+            return (np.pad(tokens.astype(np.int32), ((0, 0), (extra, 0)),
+                           constant_values=pad_id),
+                    np.pad(mask.astype(bool), ((0, 0), (extra, 0))))
+        length = bucket(max([len(x) for x in prompts] + [1]), self.prompt_buckets)
+        return left_pad(prompts, length, pad_id)
+
     def _cache_for(self, base, lora, batch: int, prompt_len: int) -> KVCache:
         cache = self._caches.pop((batch, prompt_len), None)
         if cache is None:
@@ -134,26 +146,17 @@ class Sampler:
         Returns:
             A `Generation` with `b` rows and `config.max_new_tokens` columns.
         """
-        if isinstance(prompts, tuple):
-            tokens, mask = (np.asarray(x) for x in prompts)
-            b, p = tokens.shape
-            pb = bucket(p, self.prompt_buckets)
-            tokens = np.pad(tokens.astype(np.int32), ((0, 0), (pb - p, 0)),
-                            constant_values=self.config.pad_token_id)
-            mask = np.pad(mask.astype(bool), ((0, 0), (pb - p, 0)))
-        else:
-            b = len(prompts)
-            pb = bucket(max([len(x) for x in prompts] + [1]), self.prompt_buckets)
-            tokens, mask = left_pad(prompts, pb, self.config.pad_token_id)
+        tokens, mask = self._prompt_arrays(prompts)
+        b, pb = tokens.shape
         bb = bucket(b, self.batch_buckets)
         rows = lambda x, fill, dtype: np.concatenate(
             [np.broadcast_to(np.asarray(x, dtype), (b,)), np.full((bb - b,), fill, dtype)])
         temps = self.default_temperature if temperatures is None else temperatures
         limit = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         pad_rows = ((0, bb - b), (0, 0))
-        keys = row_keys(jnp.asarray(key) if not isinstance(key, jax.Array) else key, b)
-        keys = jnp.concatenate([keys, jax.random.split(jax.random.key(0), bb - b)]) \
-            if bb > b else keys
+        keys = row_keys(key if isinstance(key, jax.Array) else jnp.asarray(key), b)
+        if bb > b:  # padding rows: any keys, they generate nothing
+            keys = jnp.concatenate([keys, jax.random.split(jax.random.key(0), bb - b)])
         cache = self._cache_for(base, lora, bb, pb)
         gen, cache = self._fn(
             base, lora, np.pad(tokens, pad_rows, constant_values=self.config.pad_token_id),

@@ -39,7 +39,7 @@ def main(argv):
     from marft_jax.training.config import finalize
     from marft_jax.training.entry import quiet_library_logs
     from marft_jax.training.evaluation import Evaluator
-    from marft_jax.training.loop import initial_state, restore_state
+    from marft_jax.training.loop import eval_batch, initial_state, restore_state
     from marft_jax.training.setup import build_setup
 
     quiet_library_logs()
@@ -61,7 +61,7 @@ def main(argv):
                               "empty")
         out = Path(_OUT.value or Path(_RUN_DIR.value or "runs") / f"eval_step{step}")
         out.mkdir(parents=True, exist_ok=True)
-        evaluator = Evaluator(setup, split, batch=exp.config.rollout.num_envs,
+        evaluator = Evaluator(setup, split, batch=eval_batch(exp),
                               greedy=_GREEDY.value, samples=_SAMPLES.value)
         metrics = evaluator.run(state.lora, jax.random.key(exp.seed), limit=_LIMIT.value,
                                 responses_path=out / "responses.jsonl", progress=True)

@@ -180,13 +180,14 @@ class Plan:
         """Puts every leaf where `RULES` says (works on one process or many)."""
         return jax.device_put(tree, self.param_shardings(tree))
 
-    def game_shardings(self):
+    def game_shardings(self, group_size: int = 1):
         """A `GameState` of shardings: per-env fields split, the problem order replicated."""
         from marft_jax.flexmg.game import GameState
 
         env = lambda rank: self.env_sharding(rank, 0)
         return GameState(tokens=env(2), length=env(1), round=env(1), problem_id=env(1),
-                         order=self.replicated, cursor=self.replicated, overflow=env(1))
+                         order=self.replicated, cursor=self.replicated, overflow=env(1),
+                         group_size=group_size)
 
     def trajectory_shardings(self):
         """A `Trajectory` of shardings: the env axis split (axis 2, or 1 / 0 where noted)."""
@@ -203,7 +204,7 @@ class Plan:
     def place_game(self, game):
         """Splits the environments of a (host-identical) game state over the mesh."""
         self.check_envs(game.num_envs, "rollout.num_envs")
-        return jax.device_put(game, self.game_shardings())
+        return jax.device_put(game, self.game_shardings(game.group_size))
 
     def place_envs(self, x, axis: int = 2):
         """Puts a per-env array (env axis `axis`, e.g. `[R, A, E]` word counts)."""
@@ -240,9 +241,10 @@ class Plan:
         return jax.shard_map(reward_fn, mesh=self.mesh, in_specs=(P(b), P(None, b), P(None, b)),
                              out_specs=P(None, b), check_vma=False)
 
-    def jit_rollout(self, rollout: Callable) -> Callable:
-        """`jax.jit(rollout)` whose outputs keep the env split (game state, trajectory)."""
-        return jax.jit(rollout, out_shardings=(self.game_shardings(),
+    def jit_rollout(self, rollout: Callable, group_size: int = 1) -> Callable:
+        """`jax.jit(rollout)` whose outputs keep the env split (game state, trajectory);
+        `group_size` is that of the game states it is called with."""
+        return jax.jit(rollout, out_shardings=(self.game_shardings(group_size),
                                                self.trajectory_shardings()))
 
     def update_options(self, state) -> dict[str, Any]:

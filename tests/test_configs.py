@@ -35,3 +35,10 @@ def test_grpo_group_size_must_divide_envs():
     config.ppo.update(algorithm="grpo", group_size=3)
     with pytest.raises(ConfigError, match=r"config field 'ppo\.group_size'"):
         finalize(config)
+
+
+def test_grpo_needs_a_group():
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.ppo.update(algorithm="grpo", group_size=1)
+    with pytest.raises(ConfigError, match="ppo.group_size"):
+        finalize(config)

@@ -92,6 +92,21 @@ def test_mixed_adapter_batch_equals_separate_batches(tiny_llama, lora3):
                                    np.asarray(alone[row])[m[row]], atol=1e-5)
 
 
+def test_non_finite_adapter_does_not_leak_into_other_rows(tiny_llama, lora3):
+    graphdef, base, lora = F.init_model(tiny_llama, lora3, seed=0)
+    lora = _random_lora(lora)
+    poisoned = jax.tree.map(lambda x: x.at[1].set(jnp.nan), lora)  # adapter 1: A and B NaN
+    tokens, mask = _batch(np.random.default_rng(4), batch=3)
+    ids = jnp.array([0, 1, -1], jnp.int32)
+    clean = F.sequence_logits(graphdef, base, lora, tokens, mask, ids)
+    dirty = F.sequence_logits(graphdef, base, poisoned, tokens, mask, ids)
+    m = np.asarray(mask)
+    for row in (0, 2):  # adapter 0 and the base are untouched, bitwise
+        np.testing.assert_array_equal(np.asarray(dirty[row])[m[row]],
+                                      np.asarray(clean[row])[m[row]])
+    assert np.isnan(np.asarray(dirty[1])[m[1]]).all()
+
+
 def test_switching_adapter_index_does_not_recompile(tiny_llama, lora3):
     graphdef, base, lora = F.init_model(tiny_llama, lora3, seed=0)
     tokens, mask = _batch(np.random.default_rng(4))

@@ -184,3 +184,31 @@ def test_trim_padding_keeps_every_real_token():
         for a in range(2):
             assert _text(traj.obs_tokens[r, a, 0], traj.obs_mask[r, a, 0]) == \
                 _text(trimmed.obs_tokens[r, a, 0], trimmed.obs_mask[r, a, 0])
+
+
+def test_grpo_groups_share_problems_and_reset_together():
+    from marft_jax.flexmg.game import transition
+
+    team = team_from_dicts(REF_TRIO[:2])
+    layout = build_layout(team, TOK, "reference")
+    task = build_math_task([MathProblem(f"{i}+0?", str(i), str(i)) for i in range(10)], TOK)
+    size = state_capacity(layout, task.table.tokens.shape[1], K, 2, 3)
+    game = init_game(layout, task.table, 8, size, jax.random.key(3), group_size=4)
+    order = np.asarray(game.order)
+    np.testing.assert_array_equal(np.asarray(game.problem_id), [order[0]] * 4 + [order[1]] * 4)
+    assert int(game.cursor) == 2
+    actions = jnp.ones((2, 8, K), jnp.int32)
+    lengths = jnp.full((2, 8), 3, jnp.int32)
+    # Group 0 all correct, group 1 only partly: group 0 moves on, group 1 keeps its problem.
+    score = jnp.array([1, 1, 1, 1, 1, 0, 0, 0], jnp.float32)
+    game, done = transition(game, layout, task.table, actions, lengths, (0, 1), score, 3)
+    np.testing.assert_array_equal(np.asarray(done), [True] * 4 + [False] * 4)
+    np.testing.assert_array_equal(np.asarray(game.problem_id), [order[2]] * 4 + [order[1]] * 4)
+    np.testing.assert_array_equal(np.asarray(game.round), [0] * 4 + [1] * 4)
+    assert int(game.cursor) == 3
+    # Horizon reached: every group resets, each to its own next problem.
+    game, done = transition(game, layout, task.table, actions, lengths, (0, 1),
+                            jnp.zeros(8), 2)
+    assert bool(np.all(np.asarray(done)))
+    np.testing.assert_array_equal(np.asarray(game.problem_id), [order[3]] * 4 + [order[4]] * 4)
+    assert game.group_size == 4 and int(game.cursor) == 5

@@ -42,6 +42,8 @@ class GameState:
         order: `[P]` int32, the key-derived order problems are drawn in.
         cursor: scalar int32, problems drawn so far (the data cursor, checkpointed).
         overflow: `[E]` bool, the state buffer was too small at some point (a config error).
+        group_size: static; consecutive envs in groups of this size play the same problem
+            and reset together (GRPO's samples per problem; 1 = independent envs).
     """
 
     tokens: Array
@@ -51,6 +53,7 @@ class GameState:
     order: Array
     cursor: Array
     overflow: Array
+    group_size: int = struct.field(pytree_node=False, default=1)
 
     @property
     def num_envs(self) -> int:
@@ -72,21 +75,26 @@ def _start_state(layout: ObservationLayout, problems: ProblemTable, problem_id: 
 
 
 def init_game(layout: ObservationLayout, problems: ProblemTable, num_envs: int,
-              state_size: int, key: Array | None, order: Array | None = None) -> GameState:
+              state_size: int, key: Array | None, order: Array | None = None,
+              group_size: int = 1) -> GameState:
     """Starts `num_envs` episodes with problems drawn in a key-derived order.
 
     Args:
         key: draws the problem order (a permutation); unused when `order` is given.
         order: `[P]` an explicit problem order (evaluation walks the table in order).
+        group_size: consecutive envs in groups of this size share each problem (GRPO).
     """
+    if group_size < 1 or num_envs % group_size:
+        raise ValueError(f"num_envs={num_envs} is not a multiple of group_size={group_size}")
     if order is None:
         order = jax.random.permutation(key, problems.num_problems)
     order = jnp.asarray(order, jnp.int32)
-    ids = order[jnp.arange(num_envs) % problems.num_problems]
+    ids = order[(jnp.arange(num_envs) // group_size) % problems.num_problems]
     tokens, length = jax.vmap(lambda p: _start_state(layout, problems, p, state_size))(ids)
     return GameState(tokens=tokens, length=length, round=jnp.zeros((num_envs,), jnp.int32),
-                     problem_id=ids, order=order, cursor=jnp.asarray(num_envs, jnp.int32),
-                     overflow=jnp.zeros((num_envs,), bool))
+                     problem_id=ids, order=order,
+                     cursor=jnp.asarray(num_envs // group_size, jnp.int32),
+                     overflow=jnp.zeros((num_envs,), bool), group_size=group_size)
 
 
 def transition(game: GameState, layout: ObservationLayout, problems: ProblemTable,
@@ -124,9 +132,13 @@ def transition(game: GameState, layout: ObservationLayout, problems: ProblemTabl
         game.tokens, game.length, actions, action_lengths, correct)
     rounds = game.round + 1
     done = correct | (rounds >= horizon)
+    g = game.group_size
+    # A group's episode is over when every member's is (with one-round episodes, always).
+    group_done = jnp.all(done.reshape(-1, g), axis=1)  # [E / g]
+    done = jnp.repeat(group_done, g)
 
-    # Reset finished envs with the next problems in the drawn order.
-    rank = jnp.cumsum(done.astype(jnp.int32)) - 1
+    # Reset finished groups with the next problems in the drawn order.
+    rank = jnp.repeat(jnp.cumsum(group_done.astype(jnp.int32)) - 1, g)
     next_ids = game.order[(game.cursor + rank) % problems.num_problems]
     new_ids = jnp.where(done, next_ids, game.problem_id)
     fresh_tokens, fresh_length = jax.vmap(lambda p: _start_state(layout, problems, p, size))(new_ids)
@@ -134,8 +146,8 @@ def transition(game: GameState, layout: ObservationLayout, problems: ProblemTabl
     length = jnp.where(done, fresh_length, length)
     next_game = GameState(tokens=tokens, length=length, round=jnp.where(done, 0, rounds),
                           problem_id=new_ids, order=game.order,
-                          cursor=game.cursor + jnp.sum(done.astype(jnp.int32)),
-                          overflow=game.overflow | over)
+                          cursor=game.cursor + jnp.sum(group_done.astype(jnp.int32)),
+                          overflow=game.overflow | over, group_size=g)
     return next_game, done
 
 

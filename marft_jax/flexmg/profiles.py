@@ -89,6 +89,11 @@ class Team:
         _validate_roles(profiles, self.source)
         object.__setattr__(self, "graph", DependencyGraph.from_team(self))
 
+    def independent(self) -> Team:
+        """The same agents with no dependencies: each acts on the problem alone (IPPO)."""
+        return Team(profiles=tuple(dataclasses.replace(p, depends_on=())
+                                   for p in self.profiles), source=self.source)
+
     @property
     def num_agents(self) -> int:
         """Number of agents."""

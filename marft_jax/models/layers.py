@@ -105,13 +105,16 @@ class LoRALinear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         if self.lora_a is not None:
-            # All adapters at once, then a one-hot row mask: two dense matmuls and no per-row
-            # gather of adapter weights (a row with a negative id has an all-zero mask).
+            # A for all adapters in one dense matmul, then each row keeps its own adapter's
+            # columns (`where`, not a multiply, so a non-finite adapter cannot leak into other
+            # rows through 0 * NaN); B is gathered per row ([batch, rank, out], small).
             n, d, r = self.lora_a.shape
-            onehot = jax.nn.one_hot(adapter_ids, n, dtype=jnp.float32)  # [batch, adapters]
             a = self.lora_a[...].transpose(1, 0, 2).reshape(d, n * r)  # [in, adapters*rank]
             h = jnp.einsum("btd,dk->btk", x.astype(jnp.float32), a)  # [batch, tokens, n*r]
-            h = (h.reshape(*h.shape[:2], n, r) * onehot[:, None, :, None]).reshape(h.shape)
-            b = self.lora_b[...].reshape(n * r, -1)  # [adapters*rank, out]
-            y = y + jnp.einsum("btk,ke->bte", h, b) * self.lora_scale
+            own = adapter_ids[:, None] == jnp.arange(n)  # [batch, adapters]
+            h = jnp.where(own[:, None, :, None], h.reshape(*h.shape[:2], n, r), 0.0)
+            h = h.sum(axis=2)  # [batch, tokens, rank]
+            b = self.lora_b[...][jnp.clip(adapter_ids, 0, n - 1)]  # [batch, rank, out]
+            delta = jnp.einsum("btr,bre->bte", h, b) * self.lora_scale
+            y = y + jnp.where((adapter_ids >= 0)[:, None, None], delta, 0.0)
         return y.astype(x.dtype)

@@ -39,7 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
         rank=8, alpha=16.0, targets=("q_proj", "v_proj"),
         num_adapters=-1,  # -1: as many as the team names
     ))
-    c.team = ml_collections.ConfigDict(dict(profiles="math_dual", layout="chat"))
+    c.team = ml_collections.ConfigDict(dict(
+        profiles="math_dual", layout="chat",
+        independent=False,  # True: no agent sees another's response (the IPPO baseline)
+    ))
     c.task = ml_collections.ConfigDict(dict(
         kind="arithmetic",
         # arithmetic word problems
@@ -67,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.train = ml_collections.ConfigDict(dict(
         iterations=10, eval_every=0, eval_problems=200, eval_greedy=True, eval_samples=1,
+        eval_batch=0,  # problems per evaluation call; 0 = rollout.num_envs
         checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
         log_every=1,
     ))
@@ -134,6 +138,10 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         team = load_team(c.team.profiles)
     except ConfigError as e:
         raise ConfigError(f"config field 'team.profiles': {e}") from None
+    if not isinstance(c.team.get("independent", False), bool):
+        _fail("team.independent", f"must be true or false, got {c.team.independent!r}")
+    if c.team.get("independent", False):
+        team = team.independent()
     num_adapters = c.lora.num_adapters
     if num_adapters == -1:
         num_adapters = team.num_adapters
@@ -175,6 +183,9 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
                            for k, v in c.ppo.items()})
     except ConfigError as e:
         raise ConfigError(f"config field 'ppo': {e}") from None
+    if ppo.spec.advantage == "grpo" and ppo.group_size < 2:
+        _fail("ppo.group_size", f"GRPO compares samples of one problem: it needs a group of "
+                                f"at least 2, got {ppo.group_size}")
     if ppo.algorithm == "grpo" and c.rollout.num_envs % ppo.group_size:
         _fail("ppo.group_size", f"rollout.num_envs={c.rollout.num_envs} is not a multiple of "
                                 f"group_size={ppo.group_size}")
@@ -182,10 +193,10 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         _fail("ppo.num_minibatches", f"{ppo.num_minibatches} minibatches need at least as many "
                                      f"envs (rollout.num_envs={c.rollout.num_envs})")
 
-    _check_positive_int(c, "train", ("iterations", "keep_checkpoints", "log_every",
-                                     "eval_samples"))
-    _check_positive_int(c, "train", ("eval_every", "checkpoint_every", "eval_problems"),
-                        allow_zero=True)
+    _check_positive_int(c, "train", ("keep_checkpoints", "log_every", "eval_samples"))
+    # iterations = 0: evaluate the untrained team only (baselines of a study).
+    _check_positive_int(c, "train", ("iterations", "eval_every", "checkpoint_every",
+                                     "eval_problems", "eval_batch"), allow_zero=True)
     mesh = _mesh_section(c)
     max_new = int(c.sampling.max_new_tokens)
     rollout = RolloutConfig(num_rounds=c.rollout.num_rounds, horizon=c.rollout.horizon,

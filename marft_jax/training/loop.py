@@ -60,6 +60,16 @@ def _meta(setup: RunSetup, step: int, fingerprint: str | None = None) -> dict[st
                      "num_adapters": exp.lora.num_adapters}}
 
 
+def eval_batch(exp: Experiment) -> int:
+    """Problems per evaluation call (`train.eval_batch`, 0 = the rollout's env count)."""
+    return exp.train.get("eval_batch", 0) or exp.config.rollout.num_envs
+
+
+def problem_group_size(exp: Experiment) -> int:
+    """Envs per problem: GRPO's group of samples, else 1."""
+    return exp.ppo.group_size if exp.ppo.spec.advantage == "grpo" else 1
+
+
 def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
     """`(TrainState, GameState)` of a fresh run: critic and problem order from the seed.
 
@@ -70,7 +80,8 @@ def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
     state = create_train_state(exp.ppo, setup.lora, sampling_key(root, _INIT_CRITIC),
                                setup.model_config.hidden_size, exp.team.num_agents)
     game = init_game(setup.layout, setup.train.table, exp.config.rollout.num_envs,
-                     setup.state_size, sampling_key(root, _INIT_GAME))
+                     setup.state_size, sampling_key(root, _INIT_GAME),
+                     group_size=problem_group_size(exp))
     if plan is not None:
         state, game = plan.place_params(state), plan.place_game(game)
     return state, game
@@ -129,6 +140,7 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     team, ppo = exp.team, exp.ppo
     num_envs = exp.config.rollout.num_envs
     plan.check_envs(num_envs, "rollout.num_envs")
+    plan.check_envs(eval_batch(exp), "train.eval_batch")
     plan.check_update(ppo, num_envs)
     fingerprint = base_fingerprint(setup.model_config.to_dict(), setup.base)  # before placing
     setup = place_setup(setup, plan)
@@ -136,7 +148,8 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     state, game = initial_state(setup, plan)
     temperature = float(exp.sampling["temperature"])
     rollout = plan.jit_rollout(make_team_rollout(setup, setup.train, setup.rollout_config,
-                                                 temperature, plan=plan))
+                                                 temperature, plan=plan),
+                               group_size=problem_group_size(exp))
     update = make_update(setup.graphdef, ppo, team.graph, **plan.update_options(state))
     needs_words = ppo.logprob_norm == "word"
 
@@ -154,7 +167,7 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
 
     evaluator = None
     if setup.heldout is not None and exp.train["eval_problems"] > 0:
-        evaluator = Evaluator(setup, setup.heldout, batch=num_envs,
+        evaluator = Evaluator(setup, setup.heldout, batch=eval_batch(exp),
                               greedy=exp.train["eval_greedy"], samples=exp.train["eval_samples"],
                               plan=plan)
     if start == 0 and evaluator is not None:
@@ -199,7 +212,9 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
             meta = _meta(setup, step, fingerprint) | {"summary": summary}
             checkpointer.save(step, {"train": state, "game": game}, meta)  # every process
     checkpointer.close()
-    if end == total and evaluator is not None:
+    if total == 0 and evaluator is not None:  # evaluation only: the untrained team
+        summary["eval_after"] = summary.get("eval_before")
+    elif end == total and evaluator is not None:
         summary["eval_after"] = _evaluate(evaluator, setup, state.lora, total, run_dir, "after")
         write(total, {"eval": summary["eval_after"]})
     summary["iterations"] = end

@@ -1,0 +1,24 @@
+"""The learning result on the default task (issue: does MARFT make the team better?).
+
+SmolLM2-135M-Instruct, generated 2-digit addition word problems, 200 held-out problems;
+every condition is `configs/default.py` with the overrides below.
+
+  python experiments/repro_study.py --study=configs/studies/learning.py --seeds=0,1,2
+"""
+
+from marft_jax.training.study import Condition
+
+DEFAULT = "configs/default.py"
+
+
+def get_study():
+    return [
+        Condition("untrained_single", DEFAULT, {"team.profiles": "math_single",
+                                                "train.iterations": 0}),
+        Condition("untrained_dual", DEFAULT, {"train.iterations": 0}),
+        Condition("marft_a_dual", DEFAULT, {}),
+        Condition("marft_t_dual", DEFAULT, {"ppo.algorithm": "marft_t"}),
+        Condition("ippo_dual", DEFAULT, {"ppo.algorithm": "ippo", "team.independent": True}),
+        Condition("grpo_dual", DEFAULT, {"ppo.algorithm": "grpo", "ppo.group_size": 4}),
+        Condition("ppo_single", DEFAULT, {"team.profiles": "math_single"}),
+    ]

@@ -1,0 +1,134 @@
+"""Several seeds of one config trained as one jitted, seed-vmapped program.
+
+Where the whole rollout is JAX (the token tasks: no host reward, no tokenizer), a seed is
+just a leading axis: the initial states of every seed are stacked, and one `jax.jit`
+compiles `vmap(seed -> scan(iteration -> rollout, update))`, so S seeds cost one
+compilation and run as one batched program. Each seed follows the same key schedule as
+`loop.train` (`fold_in(root, phase, iteration)`), so a vmapped seed reproduces the
+corresponding `experiments/train.py --config.seed=S` run up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from marft_jax.algorithms.update import make_update
+from marft_jax.errors import ConfigError
+from marft_jax.training.config import Experiment
+from marft_jax.training.evaluation import Evaluator
+from marft_jax.training.loop import (_EVAL, _ROLLOUT, _UPDATE, eval_batch, initial_state,
+                                     rollout_metrics)
+from marft_jax.training.run_dir import MetricsWriter
+from marft_jax.training.setup import RunSetup, build_setup, make_team_rollout, sampling_key
+
+
+def can_vmap_seeds(exp: Experiment) -> bool:
+    """True when the config's rollout is JAX-native (no host reward or tokenizer)."""
+    return exp.task["kind"] == "tokens" and exp.ppo.logprob_norm != "word"
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: Any, i: int) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _check_same_but_seed(exps: list[Experiment]) -> None:
+    first = exps[0].config.to_dict()
+    first.pop("seed")
+    for e in exps[1:]:
+        other = e.config.to_dict()
+        other.pop("seed")
+        if other != first:
+            raise ConfigError("seed-vmapped runs: the configs may differ only in 'seed'")
+    if not can_vmap_seeds(exps[0]):
+        raise ConfigError("config field 'task.kind': seed-vmapped training needs a JAX-native "
+                          "rollout (task.kind='tokens', logprob_norm other than 'word')")
+
+
+def make_seed_program(setups: list[RunSetup]):
+    """`program(base, state, game, root) -> (state, game, history)`, jitted and vmapped over
+    a leading seed axis of every argument; `history` leaves are `[seeds, iterations, ...]`."""
+    s0 = setups[0]
+    exp = s0.exp
+    rollout = make_team_rollout(s0, s0.train, s0.rollout_config,
+                                float(exp.sampling["temperature"]))
+    update = make_update(s0.graphdef, exp.ppo, exp.team.graph)
+    iterations = exp.train["iterations"]
+
+    def one_seed(base, state, game, root):
+        def body(carry, it):
+            state, game = carry
+            game, traj = rollout((base, state.lora), game, sampling_key(root, _ROLLOUT, it))
+            state, metrics = update(state, base, traj, sampling_key(root, _UPDATE, it))
+            return (state, game), {"rollout": rollout_metrics(traj), "update": metrics}
+
+        (state, game), history = jax.lax.scan(body, (state, game), jnp.arange(iterations))
+        return state, game, history
+
+    return jax.jit(jax.vmap(one_seed))
+
+
+def _evaluate(setup: RunSetup, evaluator: Evaluator | None, lora) -> dict[str, Any] | None:
+    if evaluator is None or setup.exp.train["eval_problems"] == 0:
+        return None
+    key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
+    return evaluator.run(lora, key, limit=setup.exp.train["eval_problems"])
+
+
+def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """Trains `exps` (one config, several seeds) as one vmapped program.
+
+    Writes into each run directory what `loop.train` writes there (metrics.jsonl with the
+    evaluation before and after, summary.json), without checkpoints.
+
+    Returns:
+        One summary per seed: `eval_before`, `eval_after`, `last_score`, `iterations`,
+        `wall_s` (the program's wall time, shared by all seeds).
+    """
+    _check_same_but_seed(exps)
+    setups = [build_setup(e) for e in exps]
+    evaluators = [Evaluator(s, s.heldout, batch=eval_batch(s.exp),
+                            greedy=s.exp.train["eval_greedy"],
+                            samples=s.exp.train["eval_samples"])
+                  if s.heldout is not None else None for s in setups]
+    states, games = zip(*(initial_state(s) for s in setups))
+    befores = [_evaluate(s, ev, st.lora) for s, ev, st in zip(setups, evaluators, states)]
+    t0 = time.perf_counter()
+    state, history = _stack(list(states)), None
+    if exps[0].train["iterations"]:
+        program = make_seed_program(setups)
+        roots = jnp.stack([jax.random.key(e.seed) for e in exps])
+        state, _, history = program(_stack([s.base for s in setups]), state,
+                                    _stack(list(games)), roots)
+        history = jax.device_get(history)
+    wall = time.perf_counter() - t0
+    summaries = []
+    for i, (setup, evaluator, run_dir) in enumerate(zip(setups, evaluators, run_dirs)):
+        lora = _unstack(state.lora, i)
+        total = setup.exp.train["iterations"]
+        after = befores[i] if total == 0 else _evaluate(setup, evaluator, lora)
+        writer = MetricsWriter(run_dir)
+        if befores[i] is not None:
+            writer.write(0, {"eval": befores[i]})
+        for it in range(total):
+            writer.write(it + 1, _unstack(_unstack(history, i), it))
+        if after is not None and total:
+            writer.write(total, {"eval": after})
+        writer.close()
+        summary = {"eval_before": befores[i], "eval_after": after, "iterations": total,
+                   "last_score": float(history["rollout"]["score"][i, -1]) if total else None,
+                   "wall_s": wall}
+        (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2,
+                                                               default=float))
+        summaries.append(summary)
+    return summaries

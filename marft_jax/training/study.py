@@ -1,0 +1,245 @@
+"""Reproducibility studies: a grid of conditions × seeds, and its statistics and report.
+
+A study file (`configs/studies/<name>.py`) defines `get_study()`, a list of `Condition`s:
+a name, a config file and field overrides. `experiments/repro_study.py` runs every
+(condition, seed) — as `experiments/train.py` subprocesses, or for JAX-native rollouts as
+one seed-vmapped program (`training.seed_vmap`) — and this module turns the run directories
+into a CSV (one row per run), a Markdown table (per condition: mean ± std and a 95 % t
+interval over seeds of held-out accuracy before and after training and of the gain) and
+learning curves with seed bands.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from marft_jax.errors import ConfigError
+
+# Two-sided 95 % Student t quantiles t(0.975, df) for df = 1..30; 1.96 beyond.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """One row of a study: `config` (a configs/*.py file) with `overrides` applied.
+
+    Attributes:
+        name: a short label (file-name safe).
+        config: path of the config file, relative to the project root or absolute.
+        overrides: `{"ppo.algorithm": "marft_t", ...}` dotted config fields.
+    """
+
+    name: str
+    config: str
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def load_study(path: str | Path) -> list[Condition]:
+    """The conditions of a study file (`get_study()`); ConfigError names a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: study file not found")
+    spec = importlib.util.spec_from_file_location(f"_study_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        conditions = list(module.get_study())
+    except Exception as e:  # a study file is user code: report it on one line
+        raise ConfigError(f"{path}: cannot load the study: {type(e).__name__}: {e}") from None
+    names = [c.name for c in conditions]
+    if not conditions or not all(isinstance(c, Condition) for c in conditions):
+        raise ConfigError(f"{path}: get_study() must return a non-empty list of Condition")
+    if len(set(names)) != len(names) or not all(n.replace("_", "").replace("-", "").isalnum()
+                                                for n in names):
+        raise ConfigError(f"{path}: condition names must be unique and file-name safe, got "
+                          f"{names}")
+    return conditions
+
+
+def load_config(path: str | Path, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file with dotted-field overrides applied."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for field, value in overrides.items():
+        try:
+            config.update_from_flattened_dict({field: value})
+        except (KeyError, AttributeError, TypeError, ValueError) as e:
+            raise ConfigError(f"config field '{field}': cannot set {value!r} ({e})") from None
+    return config
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return repr(tuple(value))
+    return str(value)
+
+
+def train_command(condition: Condition, seed: int, run_dir: str | Path,
+                  extra: dict[str, Any] | None = None) -> list[str]:
+    """The `experiments/train.py` command line of one (condition, seed)."""
+    fields = {**condition.overrides, **(extra or {}), "seed": seed}
+    return (["python", "experiments/train.py", f"--config={condition.config}",
+             f"--run_dir={run_dir}"]
+            + [f"--config.{k}={_cli_value(v)}" for k, v in fields.items()])
+
+
+def shell(command: list[str]) -> str:
+    """A command as one copy-pasteable shell line."""
+    return " ".join(shlex.quote(part) for part in command)
+
+
+# ------------------------------------------------------------------------- statistics
+
+def mean_std_ci(values: list[float]) -> dict[str, float]:
+    """Mean, sample std (ddof 1) and the half-width of a 95 % t interval of the mean."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], np.float64)
+    n = len(x)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
+    std = float(x.std(ddof=1)) if n > 1 else math.nan
+    t = _T975[n - 2] if 2 <= n <= 31 else 1.96
+    return {"n": n, "mean": float(x.mean()), "std": std,
+            "ci95": t * std / math.sqrt(n) if n > 1 else math.nan}
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What one (condition, seed) run produced."""
+
+    condition: str
+    seed: int
+    before: float | None
+    after: float | None
+    final_score: float | None  # mean rollout score of the last iterations
+    wall_s: float
+    iterations: int
+    command: str
+    run_dir: str
+    curve: list[tuple[int, float]]  # (iteration, rollout score)
+
+
+def result_from_run(condition: str, seed: int, run_dir: str | Path, summary: dict[str, Any],
+                    records: list[dict[str, Any]], wall_s: float, command: str,
+                    last: int = 5) -> RunResult:
+    """Collects a run's summary and metrics records into a `RunResult`."""
+    acc = lambda e: None if not e else e.get("accuracy")
+    curve = [(r["step"], r["rollout/score"]) for r in records if "rollout/score" in r]
+    final = float(np.mean([s for _, s in curve[-last:]])) if curve else None
+    return RunResult(condition, seed, acc(summary.get("eval_before")),
+                     acc(summary.get("eval_after")), final, wall_s,
+                     int(summary.get("iterations", 0)), command, str(run_dir), curve)
+
+
+def _fmt(stat: dict[str, float], scale: float = 100.0) -> str:
+    if stat["n"] == 0:
+        return "–"
+    if stat["n"] == 1:
+        return f"{scale * stat['mean']:.1f}"
+    return (f"{scale * stat['mean']:.1f} ± {scale * stat['std']:.1f} "
+            f"[{scale * (stat['mean'] - stat['ci95']):.1f}, "
+            f"{scale * (stat['mean'] + stat['ci95']):.1f}]")
+
+
+def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]]:
+    """Per condition (in `order`): statistics over its seeds."""
+    rows = []
+    for name in order:
+        runs = [r for r in results if r.condition == name]
+        if not runs:
+            continue
+        gains = [r.after - r.before for r in runs if r.after is not None and
+                 r.before is not None]
+        rows.append({"condition": name, "seeds": [r.seed for r in runs],
+                     "before": mean_std_ci([r.before for r in runs]),
+                     "after": mean_std_ci([r.after for r in runs]),
+                     "gain": mean_std_ci(gains),
+                     "final_score": mean_std_ci([r.final_score for r in runs]),
+                     "wall_s": float(np.mean([r.wall_s for r in runs])),
+                     "iterations": runs[0].iterations, "command": runs[0].command})
+    return rows
+
+
+def write_csv(results: list[RunResult], path: str | Path) -> None:
+    """One row per run."""
+    fields = ["condition", "seed", "iterations", "before", "after", "gain", "final_score",
+              "wall_s", "run_dir", "command"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in results:
+            gain = None if r.after is None or r.before is None else r.after - r.before
+            w.writerow({"condition": r.condition, "seed": r.seed, "iterations": r.iterations,
+                        "before": r.before, "after": r.after, "gain": gain,
+                        "final_score": r.final_score, "wall_s": round(r.wall_s, 1),
+                        "run_dir": r.run_dir, "command": r.command})
+
+
+def markdown_table(rows: list[dict[str, Any]], seed_note: str = "") -> str:
+    """The per-condition table (accuracies in %, mean ± std [95 % interval])."""
+    lines = [
+        "| condition | seeds | iterations | held-out acc. before (%) | after (%) | gain "
+        "(points) | rollout score, last 5 its (%) | wall s / seed |",
+        "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['condition']} | {len(r['seeds'])} | {r['iterations']} | "
+                     f"{_fmt(r['before'])} | {_fmt(r['after'])} | {_fmt(r['gain'])} | "
+                     f"{_fmt(r['final_score'])} | {r['wall_s']:.0f} |")
+    lines.append("")
+    lines.append("Mean ± sample std over seeds [95 % t interval of the mean]. Reproduce a "
+                 "row (seed S):" + (f" {seed_note}" if seed_note else ""))
+    lines.append("")
+    for r in rows:
+        lines.append(f"- {r['condition']}: `{r['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: list[RunResult], order: list[str], path: str | Path,
+                smooth: int = 5) -> Path:
+    """Rollout score per iteration: per condition the seed mean (moving average over
+    `smooth` iterations) with a ± std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for name in order:
+        curves = [dict(r.curve) for r in results if r.condition == name and r.curve]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        y = np.array([[c[s] for s in steps] for c in curves])  # [seeds, steps]
+        if smooth > 1 and y.shape[1] >= smooth:
+            kernel = np.ones(smooth) / smooth
+            y = np.array([np.convolve(row, kernel, mode="valid") for row in y])
+            steps = steps[smooth - 1:]
+        mean, std = y.mean(0), y.std(0)
+        (line,) = ax.plot(steps, mean, lw=1.4, label=f"{name} ({len(curves)} seeds)")
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"rollout score (moving average of {smooth})")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -127,7 +127,7 @@ def main(argv):
                 extra.pop("train.iterations", None)
             config.update_from_flattened_dict(extra)
             exps = []
-            for seed in seeds:
+            for seed in (cond.seeds or seeds):
                 config.seed = seed
                 exps.append(finalize(config.copy_and_resolve_references()))
             plans.append((cond, extra, exps))

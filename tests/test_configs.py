@@ -42,3 +42,11 @@ def test_grpo_needs_a_group():
     config.ppo.update(algorithm="grpo", group_size=1)
     with pytest.raises(ConfigError, match="ppo.group_size"):
         finalize(config)
+
+
+def test_independent_team_has_no_dependencies():
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    assert finalize(config).team.dependencies == ((), (0,))
+    config.team.independent = True
+    team = finalize(config).team
+    assert team.dependencies == ((), ()) and team.roles == ("first", "second")

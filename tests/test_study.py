@@ -159,7 +159,6 @@ def test_repro_study_vmapped_and_sequential_agree(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--set=ppo.lr_actor=abc"], "ppo.lr_actor"),
-    (["--set=ppo.lr_actor=-1"], "ppo.lr_actor"),
     (["--only=nope"], "--only"),
     (["--set=nofield.x=1"], "nofield.x"),
 ])

@@ -1,7 +1,9 @@
 """The learning result on the default task (issue: does MARFT make the team better?).
 
-SmolLM2-135M-Instruct, generated 2-digit addition word problems, 200 held-out problems;
-every condition is `configs/default.py` with the overrides below.
+SmolLM2-135M-Instruct, generated 2-digit addition word problems, 200 held-out problems
+(the same for every seed: `task.split_seed`); every condition is `configs/default.py` with
+the overrides below. The untrained teams are evaluated greedily with adapters whose B = 0,
+so no seed changes them: they run once.
 
   python experiments/repro_study.py --study=configs/studies/learning.py --seeds=0,1,2
 """
@@ -14,8 +16,8 @@ DEFAULT = "configs/default.py"
 def get_study():
     return [
         Condition("untrained_single", DEFAULT, {"team.profiles": "math_single",
-                                                "train.iterations": 0}),
-        Condition("untrained_dual", DEFAULT, {"train.iterations": 0}),
+                                                "train.iterations": 0}, seeds=(0,)),
+        Condition("untrained_dual", DEFAULT, {"train.iterations": 0}, seeds=(0,)),
         Condition("marft_a_dual", DEFAULT, {}),
         Condition("marft_t_dual", DEFAULT, {"ppo.algorithm": "marft_t"}),
         Condition("ippo_dual", DEFAULT, {"ppo.algorithm": "ippo", "team.independent": True}),

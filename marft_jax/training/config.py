@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
         # arithmetic word problems
         digits=2, terms=2, ops=("+",), templates="mixed", train_problems=2000,
         heldout_problems=200,
+        split_seed=0,  # draws the problem sets: fixed across run seeds, so they compare
         # a shared dataset (kind == "dataset")
         dataset="gsm8k", train_split="train", eval_split="test",
         # the JAX-native token task (kind == "tokens")
@@ -157,7 +158,7 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     if c.task.kind not in TASKS:
         _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
     _check_positive_int(c, "task", ("train_problems", "digits", "terms", "num_symbols"))
-    _check_positive_int(c, "task", ("heldout_problems",), allow_zero=True)
+    _check_positive_int(c, "task", ("heldout_problems", "split_seed"), allow_zero=True)
     _check_positive_int(c, "rollout", ("num_envs", "num_rounds", "horizon"))
     _check_positive_int(c, "rollout", ("obs_tokens",), allow_zero=True)
     if c.rollout.reward_placement not in PLACEMENTS:

@@ -32,7 +32,7 @@ from marft_jax.flexmg.trajectory import trim_padding
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
 from marft_jax.training.config import Experiment
 from marft_jax.training.evaluation import Evaluator
-from marft_jax.training.run_dir import MetricsWriter, read_metrics
+from marft_jax.training.run_dir import MetricsWriter
 from marft_jax.training.setup import (RunSetup, build_setup, make_team_rollout, sampling_key,
                                       word_counts)
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from marft_jax.algorithms.update import make_update
 from marft_jax.errors import ConfigError

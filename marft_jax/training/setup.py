@@ -86,7 +86,8 @@ def _math_problems(exp: Experiment):
                                        templates=t["templates"])
         except ConfigError as e:
             raise ConfigError(f"config field 'task': {e}") from None
-        return generate_split(cfg, t["train_problems"], t["heldout_problems"], exp.seed)
+        return generate_split(cfg, t["train_problems"], t["heldout_problems"],
+                              t.get("split_seed", 0))
     train = load_math_dataset(t["dataset"], t["train_split"])[:t["train_problems"]]
     heldout = load_math_dataset(t["dataset"], t["eval_split"])[:t["heldout_problems"]]
     return train, heldout

@@ -38,11 +38,14 @@ class Condition:
         name: a short label (file-name safe).
         config: path of the config file, relative to the project root or absolute.
         overrides: `{"ppo.algorithm": "marft_t", ...}` dotted config fields.
+        seeds: run these seeds instead of the study's (e.g. `(0,)` for a greedy evaluation
+            of an untrained team, which no seed changes); None = the study's seeds.
     """
 
     name: str
     config: str
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None
 
 
 def load_study(path: str | Path) -> list[Condition]:

@@ -1,0 +1,136 @@
+"""Where one decode step of SmolLM2-135M goes on this machine: a component breakdown.
+
+Each part is jitted alone and timed (median of --repeats after a warm-up) at the sampler's
+decode shapes (batch b, one new token, a KV cache of --slots slots):
+
+  step          decoder layers + LM head + drawing one token (what the sampler's loop body does)
+  layers        the decoder layers only (attention over the cache included)
+  lm_head       the tied-embedding projection [b, H] x [H, vocab]
+  draw          greedy argmax, or top-k 50 sampling, over [b, vocab] logits
+  matmul_floor  every weight matrix of the layers once, x @ W with x [b, in]: the weight
+                streaming a decode step cannot avoid, with no attention, norms or LoRA
+  copy          a numpy copy of the layers' weight bytes (the memory-bandwidth floor)
+
+  python experiments/profile_decode.py --batch=8 --dtype=float32
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from marft_jax.models import functional as F  # noqa: E402
+from marft_jax.models.config import LoraConfig  # noqa: E402
+from marft_jax.models.decoder import KVCache  # noqa: E402
+from marft_jax.models.weights import load_model  # noqa: E402
+from marft_jax.sampling import SamplerConfig  # noqa: E402
+from marft_jax.sampling import distributions as D  # noqa: E402
+from marft_jax.sampling.generate import cast_params  # noqa: E402
+
+
+def _args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--slots", type=int, default=192, help="KV cache slots (prompt + new)")
+    p.add_argument("--dtype", default="float32", help="compute dtype of the weights")
+    p.add_argument("--repeats", type=int, default=20)
+    return p.parse_args()
+
+
+def _median_ms(fn, *args, repeats):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times))
+
+
+def main():
+    args = _args()
+    from marft_jax.models.registry import resolve_model
+
+    m = load_model(resolve_model("smollm2-135m-instruct").gguf_path, dtype="bfloat16",
+                   lora=LoraConfig(num_adapters=2))
+    base = cast_params(m.base, args.dtype)
+    lora = cast_params(m.lora, args.dtype)
+    cfg, b, s = m.config, args.batch, args.slots
+    dtype = jnp.dtype(args.dtype)
+    shape = (b, cfg.num_kv_heads, s, cfg.head_dim)
+    cache = KVCache(tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+                    tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
+    token = jnp.ones((b, 1), jnp.int32)
+    positions = jnp.full((b, 1), s - 1, jnp.int32)
+    valid = jnp.ones((b, s), bool)
+    ids = jnp.zeros((b,), jnp.int32)
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(0), r))(jnp.arange(b))
+    temps = jnp.full((b,), 0.5, jnp.float32)
+    greedy_cfg = SamplerConfig(greedy=True)
+    topk_cfg = SamplerConfig(top_k=50)
+
+    @jax.jit
+    def layers(base, lora, cache):
+        return F.forward(m.graphdef, base, lora, token, positions, ids, valid, cache, s - 1)
+
+    @jax.jit
+    def step(base, lora, cache):
+        hidden, cache = F.forward(m.graphdef, base, lora, token, positions, ids, valid, cache,
+                                  s - 1)
+        logits = F.lm_logits(m.graphdef, base, lora, hidden)[:, 0]
+        return D.draw(logits, keys, temps, topk_cfg), cache
+
+    hidden = jnp.ones((b, 1, cfg.hidden_size), dtype)
+    lm_head = jax.jit(lambda base, lora: F.lm_logits(m.graphdef, base, lora, hidden))
+    logits = jax.random.normal(jax.random.key(1), (b, cfg.vocab_size), jnp.float32)
+    draw_greedy = jax.jit(lambda x: D.draw(x, keys, temps, greedy_cfg))
+    draw_topk = jax.jit(lambda x: D.draw(x, keys, temps, topk_cfg))
+
+    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(base)
+               if x.ndim == 2 and "embed" not in jax.tree_util.keystr(path)]
+
+    @jax.jit
+    def matmul_floor(kernels):
+        return sum(jnp.sum(jnp.ones((b, w.shape[0]), w.dtype) @ w,
+                           dtype=jnp.float32) for w in kernels)
+
+    nbytes = sum(w.size * w.dtype.itemsize for w in kernels)
+    host = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(host)
+    copy_ms = 1e3 * min(_timed(lambda: np.copyto(dst, host)) for _ in range(5))
+    embed_bytes = cfg.vocab_size * cfg.hidden_size * dtype.itemsize
+    r = args.repeats
+    rows = [
+        ("step (top-k 50 draw)", _median_ms(step, base, lora, cache, repeats=r)),
+        ("layers", _median_ms(layers, base, lora, cache, repeats=r)),
+        ("lm_head", _median_ms(lm_head, base, lora, repeats=r)),
+        ("draw greedy", _median_ms(draw_greedy, logits, repeats=r)),
+        ("draw top-k 50", _median_ms(draw_topk, logits, repeats=r)),
+        ("matmul_floor", _median_ms(matmul_floor, kernels, repeats=r)),
+        ("copy of layer weights", copy_ms),
+    ]
+    print(f"batch {b}, cache slots {s}, compute dtype {args.dtype}; layer weights "
+          f"{nbytes / 1e6:.0f} MB, embedding {embed_bytes / 1e6:.0f} MB, "
+          f"{len(kernels)} matrices")
+    for name, ms in rows:
+        print(f"  {name:24s} {ms:8.2f} ms")
+    gb = lambda byte_count, ms: byte_count / ms / 1e6
+    print(f"  layers read {gb(nbytes, rows[1][1]):.1f} GB/s, matmul_floor "
+          f"{gb(nbytes, rows[5][1]):.1f} GB/s, lm_head {gb(embed_bytes, rows[2][1]):.1f} GB/s, "
+          f"copy {2 * gb(nbytes, copy_ms):.1f} GB/s (read + write)")
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()

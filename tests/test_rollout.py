@@ -206,9 +206,9 @@ def test_grpo_groups_share_problems_and_reset_together():
     np.testing.assert_array_equal(np.asarray(game.problem_id), [order[2]] * 4 + [order[1]] * 4)
     np.testing.assert_array_equal(np.asarray(game.round), [0] * 4 + [1] * 4)
     assert int(game.cursor) == 3
-    # Horizon reached: every group resets, each to its own next problem.
+    # Horizon 2: group 1 (in its second round) ends unsolved, group 0 (first round) plays on.
     game, done = transition(game, layout, task.table, actions, lengths, (0, 1),
                             jnp.zeros(8), 2)
-    assert bool(np.all(np.asarray(done)))
-    np.testing.assert_array_equal(np.asarray(game.problem_id), [order[3]] * 4 + [order[4]] * 4)
-    assert game.group_size == 4 and int(game.cursor) == 5
+    np.testing.assert_array_equal(np.asarray(done), [False] * 4 + [True] * 4)
+    np.testing.assert_array_equal(np.asarray(game.problem_id), [order[2]] * 4 + [order[3]] * 4)
+    assert game.group_size == 4 and int(game.cursor) == 4

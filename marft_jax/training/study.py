@@ -188,7 +188,7 @@ def write_csv(results: list[RunResult], path: str | Path) -> None:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in results:
-            gain = None if r.after is None or r.before is None else r.after - r.before
+            gain = None if r.after is None or r.before is None else round(r.after - r.before, 6)
             w.writerow({"condition": r.condition, "seed": r.seed, "iterations": r.iterations,
                         "before": r.before, "after": r.after, "gain": gain,
                         "final_score": r.final_score, "wall_s": round(r.wall_s, 1),

@@ -5,6 +5,7 @@ decode shapes (batch b, one new token, a KV cache of --slots slots):
 
   step          decoder layers + LM head + drawing one token (what the sampler's loop body does)
   layers        the decoder layers only (attention over the cache included)
+  layers_nolora the same without LoRA leaves (a model loaded with lora=None)
   lm_head       the tied-embedding projection [b, H] x [H, vocab]
   draw          greedy argmax, or top-k 50 sampling, over [b, vocab] logits
   matmul_floor  every weight matrix of the layers once, x @ W with x [b, in]: the weight
@@ -79,6 +80,12 @@ def main():
     def layers(base, lora, cache):
         return F.forward(m.graphdef, base, lora, token, positions, ids, valid, cache, s - 1)
 
+    plain = load_model(resolve_model("smollm2-135m-instruct").gguf_path, dtype="bfloat16")
+
+    @jax.jit
+    def layers_nolora(base, lora, cache):
+        return F.forward(plain.graphdef, base, lora, token, positions, ids, valid, cache, s - 1)
+
     @jax.jit
     def step(base, lora, cache):
         hidden, cache = F.forward(m.graphdef, base, lora, token, positions, ids, valid, cache,
@@ -109,6 +116,8 @@ def main():
     rows = [
         ("step (top-k 50 draw)", _median_ms(step, base, lora, cache, repeats=r)),
         ("layers", _median_ms(layers, base, lora, cache, repeats=r)),
+        ("layers_nolora", _median_ms(layers_nolora, cast_params(plain.base, args.dtype),
+                                     plain.lora, cache, repeats=r)),
         ("lm_head", _median_ms(lm_head, base, lora, repeats=r)),
         ("draw greedy", _median_ms(draw_greedy, logits, repeats=r)),
         ("draw top-k 50", _median_ms(draw_topk, logits, repeats=r)),
@@ -122,7 +131,7 @@ def main():
         print(f"  {name:24s} {ms:8.2f} ms")
     gb = lambda byte_count, ms: byte_count / ms / 1e6
     print(f"  layers read {gb(nbytes, rows[1][1]):.1f} GB/s, matmul_floor "
-          f"{gb(nbytes, rows[5][1]):.1f} GB/s, lm_head {gb(embed_bytes, rows[2][1]):.1f} GB/s, "
+          f"{gb(nbytes, rows[6][1]):.1f} GB/s, lm_head {gb(embed_bytes, rows[3][1]):.1f} GB/s, "
           f"copy {2 * gb(nbytes, copy_ms):.1f} GB/s (read + write)")
 
 

@@ -35,6 +35,8 @@ _SET = flags.DEFINE_multi_string("set", [], "field=value applied to every condit
 _VMAP = flags.DEFINE_bool("vmap", True, "Seed-vmap conditions with a JAX-native rollout.")
 _RERUN = flags.DEFINE_bool("rerun", False, "Rerun runs that already finished.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands and stop.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Run nothing: report the finished "
+                                 "runs of the grid (the others are listed as missing).")
 
 
 def _parse_set(items):
@@ -149,6 +151,13 @@ def main(argv):
             continue
         iterations = exps[0].train["iterations"]
         todo = [i for i, d in enumerate(dirs) if _RERUN.value or not _finished(d, iterations)]
+        if _REPORT_ONLY.value:
+            for i in todo:
+                logging.warning("%s seed %d: not run (missing from the report)", cond.name,
+                                exps[i].seed)
+            keep = [i for i in range(len(exps)) if i not in todo]
+            exps, dirs = [exps[i] for i in keep], [dirs[i] for i in keep]
+            commands, todo = [commands[i] for i in keep], []
         if vmapped and todo:
             for e, d in zip(exps, dirs):
                 prepare_run_dir(e.config, d, resume=False)

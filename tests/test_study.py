@@ -155,6 +155,13 @@ def test_repro_study_vmapped_and_sequential_agree(tmp_path):
     # A finished study is reused, not rerun.
     again = _study(*common, f"--out={tmp_path / 'seq'}", "--novmap")
     assert again.returncode == 0 and "seed 0: python" not in again.stderr
+    # --report_only runs nothing: seed 1 is reported missing, seed 0's rows stay.
+    report = _study("--only=untrained,marft_a", "--seeds=0,1", "--set=train.iterations=2",
+                    f"--out={tmp_path / 'seq'}", "--novmap", "--report_only")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "marft_a seed 1: not run" in report.stderr
+    assert not (tmp_path / "seq" / "marft_a" / "seed1").exists()
+    assert len(list(csv.DictReader(open(tmp_path / "seq" / "results.csv")))) == 2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -187,7 +187,7 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     if ppo.spec.advantage == "grpo" and ppo.group_size < 2:
         _fail("ppo.group_size", f"GRPO compares samples of one problem: it needs a group of "
                                 f"at least 2, got {ppo.group_size}")
-    if ppo.algorithm == "grpo" and c.rollout.num_envs % ppo.group_size:
+    if ppo.spec.advantage == "grpo" and c.rollout.num_envs % ppo.group_size:
         _fail("ppo.group_size", f"rollout.num_envs={c.rollout.num_envs} is not a multiple of "
                                 f"group_size={ppo.group_size}")
     if c.rollout.num_envs < ppo.num_minibatches:

@@ -13,14 +13,28 @@ decode shapes (batch b, one new token, a KV cache of --slots slots):
   copy          a numpy copy of the layers' weight bytes (the memory-bandwidth floor)
 
   python experiments/profile_decode.py --batch=8 --dtype=float32
+
+With --op_breakdown it instead traces one whole `generate_with_cache` call (prefill, then
+--new_tokens greedy decode steps, f32 compute) with the JAX profiler and prints the XLA:CPU
+thread time per HLO op (summed over the pool's threads, by the op's JAX name), the call's
+wall time, and how busy the threads were: thread time / (threads x wall).
+
+  python experiments/profile_decode.py --op_breakdown --batch=8 --new_tokens=64
 """
 
 import argparse
+import collections
+import glob
 import os
+import re
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if "--op_breakdown" in sys.argv:  # XLA:CPU records per-thunk trace events only with this flag
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -41,6 +55,10 @@ def _args():
     p.add_argument("--slots", type=int, default=192, help="KV cache slots (prompt + new)")
     p.add_argument("--dtype", default="float32", help="compute dtype of the weights")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--op_breakdown", action="store_true",
+                   help="trace one generate call and print thread time per op")
+    p.add_argument("--prompt_len", type=int, default=128, help="--op_breakdown only")
+    p.add_argument("--new_tokens", type=int, default=64, help="--op_breakdown only")
     return p.parse_args()
 
 
@@ -54,12 +72,72 @@ def _median_ms(fn, *args, repeats):
     return 1e3 * float(np.median(times))
 
 
+def op_breakdown(m, args):
+    """Traces one prefill + decode call; prints thread time per op and thread utilisation."""
+    from jax._src.lib import _profile_data
+
+    from marft_jax.sampling.generate import generate_with_cache, init_cache
+
+    b, n = args.batch, args.new_tokens
+    cfg = SamplerConfig(max_new_tokens=n, greedy=True, stop_token_ids=(),
+                        prefill_dtype="float32", decode_dtype="float32")
+    prompt = jnp.asarray(np.random.default_rng(0).integers(100, m.config.vocab_size,
+                                                           (b, args.prompt_len)), jnp.int32)
+    mask = jnp.ones(prompt.shape, bool)
+    ids = jnp.asarray(np.arange(b) % 2, jnp.int32)  # a mixed-adapter batch
+    fn = jax.jit(lambda base, lora, cache, pre: generate_with_cache(
+        m.graphdef, base, lora, prompt, mask, ids, jax.random.key(0), 0.0, n, cache,
+        config=cfg, prefill_base=pre), donate_argnums=(2,))
+    pre = cast_params(m.base, "float32")
+    cache = init_cache(m.config, b, args.prompt_len, cfg)
+    for _ in range(2):  # compile, warm up
+        out, cache = fn(m.base, m.lora, cache, pre)
+        jax.block_until_ready(out)
+    names = {}  # HLO instruction -> the JAX op it came from
+    for line in fn.lower(m.base, m.lora, cache, pre).compile().as_text().splitlines():
+        match = re.match(r"\s*%([\w.\-]+) = .*?op_name=\"([^\"]+)\"", line)
+        if match:
+            names[match.group(1)] = re.sub(r"^jit\([^)]*\)/", "", match.group(2))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        t = time.perf_counter()
+        out, cache = fn(m.base, m.lora, cache, pre)
+        jax.block_until_ready(out)
+        wall = time.perf_counter() - t
+        jax.profiler.stop_trace()
+        path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
+        data = _profile_data.ProfileData.from_file(path)
+    per_op, calls, threads = collections.Counter(), collections.Counter(), set()
+    for plane in data.planes:
+        for line in plane.lines:
+            if "XLAEigen" not in line.name and "PjRtCpuClient" not in line.name:
+                continue
+            for event in line.events:
+                if event.name.startswith(("ThunkExecutor", "Slinky", "Threadpool", "end:")):
+                    continue
+                threads.add(line.name)
+                op = re.sub(r"\.\d+$", "", names.get(event.name, event.name))
+                per_op[op] += event.duration_ns / 1e6
+                calls[op] += 1
+    busy = sum(per_op.values())
+    workers = len([t for t in threads if "XLAEigen" in t]) or 1
+    print(f"one generate call: batch {b}, prompt {args.prompt_len}, {n} new tokens (greedy), "
+          f"wall {1e3 * wall:.0f} ms; thread time {busy:.0f} ms on {workers} pool threads "
+          f"= {100 * busy / (workers * 1e3 * wall):.0f} % busy")
+    print("  thread ms    calls  op ('while/body/...' = the decode loop)")
+    for op, ms in per_op.most_common(25):
+        print(f"  {ms:9.1f} {calls[op]:8d}  {op[:100]}")
+
+
 def main():
     args = _args()
     from marft_jax.models.registry import resolve_model
 
     m = load_model(resolve_model("smollm2-135m-instruct").gguf_path, dtype="bfloat16",
                    lora=LoraConfig(num_adapters=2))
+    if args.op_breakdown:
+        op_breakdown(m, args)
+        return
     base = cast_params(m.base, args.dtype)
     lora = cast_params(m.lora, args.dtype)
     cfg, b, s = m.config, args.batch, args.slots

@@ -35,26 +35,20 @@ def main(argv):
     import jax
 
     from marft_jax.errors import ConfigError
-    from marft_jax.training.checkpoint import RunCheckpointer
     from marft_jax.training.config import finalize
     from marft_jax.training.entry import quiet_library_logs
     from marft_jax.training.evaluation import Evaluator
-    from marft_jax.training.loop import eval_batch, initial_state, restore_state
+    from marft_jax.training.loop import eval_batch, initial_state, load_trained_state
     from marft_jax.training.setup import build_setup
 
     quiet_library_logs()
     try:
         exp = finalize(_CONFIG.value)
         setup = build_setup(exp)
-        state, _ = initial_state(setup)
-        step = 0
         if _RUN_DIR.value:
-            checkpointer = RunCheckpointer(_RUN_DIR.value, keep=exp.train["keep_checkpoints"],
-                                           async_save=False)
-            step = _STEP.value if _STEP.value is not None else checkpointer.latest_step()
-            if step is None:
-                raise ConfigError(f"{_RUN_DIR.value}: no checkpoint to evaluate")
-            state, _, _ = restore_state(setup, checkpointer, step)
+            state, step = load_trained_state(setup, _RUN_DIR.value, _STEP.value)
+        else:
+            state, step = initial_state(setup)[0], 0
         split = setup.heldout if _SPLIT.value == "heldout" else setup.train
         if split is None:
             raise ConfigError("config field 'task.heldout_problems': the held-out split is "

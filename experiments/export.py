@@ -29,22 +29,16 @@ def main(argv):
     del argv
     from marft_jax.errors import ConfigError
     from marft_jax.models.peft_export import save_merged_checkpoint, save_peft_adapters
-    from marft_jax.training.checkpoint import RunCheckpointer
     from marft_jax.training.config import finalize
     from marft_jax.training.entry import quiet_library_logs
-    from marft_jax.training.loop import restore_state
+    from marft_jax.training.loop import load_trained_state
     from marft_jax.training.setup import build_setup
 
     quiet_library_logs()
     try:
         exp = finalize(_CONFIG.value)
         setup = build_setup(exp)
-        checkpointer = RunCheckpointer(_RUN_DIR.value, keep=exp.train["keep_checkpoints"],
-                                       async_save=False)
-        step = _STEP.value if _STEP.value is not None else checkpointer.latest_step()
-        if step is None:
-            raise ConfigError(f"{_RUN_DIR.value}: no checkpoint to export")
-        state, _, _ = restore_state(setup, checkpointer, step)
+        state, step = load_trained_state(setup, _RUN_DIR.value, _STEP.value)
         out = Path(_OUT.value or Path(_RUN_DIR.value) / "export")
         names = list(exp.team.adapter_names)
         paths = save_peft_adapters(out, setup.model_config, exp.lora, state.lora, names,

@@ -107,3 +107,40 @@ def test_evaluate_writes_metrics_and_refuses_another_base(full_run, tmp_path):
     assert "base_fingerprint" in other.stderr.splitlines()[-1]
     rank = _tool("evaluate.py", f"--run_dir={full_run}", "--config.lora.rank=2")
     assert rank.returncode == 2 and "'lora'" in rank.stderr.splitlines()[-1]
+
+
+def test_trained_state_loads_under_another_task_shape_for_transfer(full_run, tmp_path):
+    """Evaluation reads only the train state, so a task whose game state has other shapes
+    (here: more envs) still loads the run's adapters; bad run dirs fail with one line."""
+    from marft_jax.errors import ConfigError
+    from marft_jax.training.checkpoint import RunCheckpointer
+    from marft_jax.training.config import finalize
+    from marft_jax.training.loop import load_trained_state, restore_state
+    from marft_jax.training.setup import build_setup
+    from configs.tiny_cpu import get_config
+    import jax
+    import numpy as np
+
+    def restore_all(setup):
+        checkpointer = RunCheckpointer(full_run, keep=3, async_save=False)
+        try:
+            return restore_state(setup, checkpointer, 3)[0]
+        finally:
+            checkpointer.close()
+
+    full = restore_all(build_setup(finalize(get_config())))
+    config = get_config()
+    config.rollout.num_envs *= 2
+    other = build_setup(finalize(config))
+    with pytest.raises(ConfigError, match="does not fit"):  # the whole state cannot load
+        restore_all(other)
+    state, step = load_trained_state(other, full_run)
+    assert step == 3
+    for a, b in zip(jax.tree_util.tree_leaves((full.lora, full.critic)),
+                    jax.tree_util.tree_leaves((state.lora, state.critic))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ConfigError, match="no checkpoint at step 7"):
+        load_trained_state(other, full_run, 7)
+    with pytest.raises(ConfigError, match="no checkpoints directory"):
+        load_trained_state(other, tmp_path / "not_a_run")
+    assert not (tmp_path / "not_a_run").exists()  # nothing created

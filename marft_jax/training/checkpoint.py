@@ -52,13 +52,21 @@ class RunCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def restore(self, step: int, abstract_state: Any, expected_meta: dict[str, Any]):
+    def restore(self, step: int, abstract_state: Any, expected_meta: dict[str, Any], *,
+                partial: bool = False):
         """Restores `(state, meta)` at `step`, refusing an incompatible checkpoint.
 
         Args:
             abstract_state: a pytree with the target structure (arrays or ShapeDtypeStructs).
             expected_meta: the fields that must match (`base_fingerprint`, `roles`,
                 `adapters`, `lora`); a mismatch raises ConfigError naming the field.
+            partial: read only the top-level entries of the saved dict that
+                `abstract_state` (a dict) names, skipping the others (e.g. the train state
+                without the game state, whose shapes depend on the task).
+
+        Raises:
+            ConfigError: the metadata does not match, or the stored arrays do not fit
+                `abstract_state` (one line naming the checkpoint).
         """
         where = self.directory / str(step)
         meta = self.manager.restore(step, args=ocp.args.Composite(
@@ -68,8 +76,18 @@ class RunCheckpointer:
                 raise ConfigError(f"{where}: checkpoint field '{key}' is {meta.get(key)!r}, "
                                   f"this run has {expected!r}; refusing to resume from it")
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract)))
+        if partial:
+            args = ocp.args.PyTreeRestore(
+                item=abstract, partial_restore=True,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+        else:
+            args = ocp.args.StandardRestore(abstract)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
+        except ValueError as e:  # shape / structure mismatch deep inside orbax
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{where}: the checkpoint does not fit this run's state "
+                              f"({first})") from None
         return restored["state"], meta
 
     def wait(self) -> None:

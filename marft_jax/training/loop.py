@@ -26,6 +26,7 @@ from absl import logging
 
 from marft_jax import parallel
 from marft_jax.algorithms.state import create_train_state
+from marft_jax.errors import ConfigError
 from marft_jax.algorithms.update import make_update
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.trajectory import trim_padding
@@ -97,6 +98,37 @@ def restore_state(setup: RunSetup, checkpointer: RunCheckpointer, step: int,
     restored, meta = checkpointer.restore(step, {"train": state, "game": game},
                                           _meta(setup, step, fingerprint))
     return restored["train"], restored["game"], meta
+
+
+def load_trained_state(setup: RunSetup, run_dir: str | Path, step: int | None = None):
+    """`(TrainState, step)` of a run's checkpoint (default: the latest), for evaluation or
+    export.
+
+    Only the train state (adapters, critic, optimizer state) is read, not the game state:
+    its shapes depend on the task, so a run's adapters can be evaluated on another task
+    (transfer). The base model, roles and LoRA layout must still match the run's.
+
+    Raises:
+        ConfigError: no checkpoint in `run_dir`, or an incompatible one.
+    """
+    where = Path(run_dir) / "checkpoints"
+    if not where.is_dir():  # checked first: opening a checkpointer would create it
+        raise ConfigError(f"{where}: no checkpoints directory (is --run_dir a training run?)")
+    checkpointer = RunCheckpointer(run_dir, keep=setup.exp.train["keep_checkpoints"],
+                                   async_save=False)
+    try:
+        saved = sorted(checkpointer.manager.all_steps())
+        step = (saved[-1] if saved else None) if step is None else step
+        if step is None:
+            raise ConfigError(f"{where}: no checkpoint in this run")
+        if step not in saved:
+            raise ConfigError(f"{where}: no checkpoint at step {step} (saved: {saved})")
+        state, _ = initial_state(setup)
+        restored, _ = checkpointer.restore(step, {"train": state}, _meta(setup, step),
+                                           partial=True)
+    finally:
+        checkpointer.close()
+    return restored["train"], step
 
 
 def place_setup(setup: RunSetup, plan: parallel.Plan) -> RunSetup:

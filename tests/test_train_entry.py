@@ -109,6 +109,10 @@ def test_evaluate_writes_metrics_and_refuses_another_base(full_run, tmp_path):
     assert rank.returncode == 2 and "'lora'" in rank.stderr.splitlines()[-1]
 
 
+# The refused full restore leaves orbax's async reads un-awaited when its ValueError
+# propagates (orbax's own cleanup, reported as unraisable warnings); the error is the point.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
+                            "ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_trained_state_loads_under_another_task_shape_for_transfer(full_run, tmp_path):
     """Evaluation reads only the train state, so a task whose game state has other shapes
     (here: more envs) still loads the run's adapters; bad run dirs fail with one line."""

@@ -192,7 +192,8 @@ def main():
     print(f"synthetic decode step, SmolLM2-135M shapes, batch {args.batch}, {args.slots} "
           f"slots, {args.steps} steps a call, median of {args.repeats} (ms per step):")
     for v in chosen:
-        print(f"  {np.median(times[v]):7.2f}  {v.name}   [{' '.join(f'{t:.1f}' for t in times[v])}]")
+        runs_ms = " ".join(f"{t:.1f}" for t in times[v])
+        print(f"  {np.median(times[v]):7.2f}  {v.name}   [{runs_ms}]")
 
 
 if __name__ == "__main__":

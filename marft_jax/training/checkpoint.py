@@ -52,6 +52,10 @@ class RunCheckpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The saved steps, ascending."""
+        return sorted(self.manager.all_steps())
+
     def restore(self, step: int, abstract_state: Any, expected_meta: dict[str, Any], *,
                 partial: bool = False):
         """Restores `(state, meta)` at `step`, refusing an incompatible checkpoint.
@@ -85,9 +89,9 @@ class RunCheckpointer:
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
         except ValueError as e:  # shape / structure mismatch deep inside orbax
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = (str(e).strip() or type(e).__name__).splitlines()[0]
             raise ConfigError(f"{where}: the checkpoint does not fit this run's state "
-                              f"({first})") from None
+                              f"({reason})") from None
         return restored["state"], meta
 
     def wait(self) -> None:

@@ -26,8 +26,8 @@ from absl import logging
 
 from marft_jax import parallel
 from marft_jax.algorithms.state import create_train_state
-from marft_jax.errors import ConfigError
 from marft_jax.algorithms.update import make_update
+from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.trajectory import trim_padding
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
@@ -117,10 +117,10 @@ def load_trained_state(setup: RunSetup, run_dir: str | Path, step: int | None = 
     checkpointer = RunCheckpointer(run_dir, keep=setup.exp.train["keep_checkpoints"],
                                    async_save=False)
     try:
-        saved = sorted(checkpointer.manager.all_steps())
-        step = (saved[-1] if saved else None) if step is None else step
-        if step is None:
+        saved = checkpointer.steps()
+        if not saved:
             raise ConfigError(f"{where}: no checkpoint in this run")
+        step = saved[-1] if step is None else step
         if step not in saved:
             raise ConfigError(f"{where}: no checkpoint at step {step} (saved: {saved})")
         state, _ = initial_state(setup)

@@ -240,6 +240,25 @@ def test_grpo_trains_adapters_and_leaves_the_critic(model):
     for index in (0, 1):
         assert not _same(_adapter(new.lora, index), _adapter(state.lora, index))
     assert np.all(np.isfinite(np.asarray(metrics["policy_loss"])))
+    np.testing.assert_array_equal(metrics["skipped_no_signal"], [0, 0])
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_grpo_without_reward_signal_skips_the_entropy_only_step(model, skip):
+    # Every group scored the same: all advantages are 0, so the step would follow only the
+    # entropy bonus (and, under Adam, at full size).
+    graphdef, base, lora = model
+    config = PPOConfig(algorithm="grpo", group_size=4, epochs=1, num_minibatches=2,
+                       lr_actor=1e-2, critic_hidden=(8,), entropy_coef=0.01,
+                       skip_no_signal=skip)
+    traj = make_trajectory(3, rounds=1, agents=2, envs=8, obs_len=4, act_len=2)
+    traj = traj.replace(rewards=jnp.zeros_like(traj.rewards), scores=jnp.zeros_like(traj.scores))
+    state = create_train_state(config, lora, jax.random.key(0), 64, 2)
+    new, metrics = make_update(graphdef, config)(state, base, traj, jax.random.key(1))
+    for index in (0, 1):
+        assert _same(_adapter(new.lora, index), _adapter(state.lora, index)) == skip
+    np.testing.assert_array_equal(metrics["skipped_no_signal"], [2, 2] if skip else [0, 0])
+    np.testing.assert_array_equal(new.policy_steps, [0, 0] if skip else [2, 2])
 
 
 def test_bad_sizes_and_missing_word_counts_raise(model):

@@ -95,6 +95,12 @@ class PPOConfig:
         ippo_own_weight: IPPO reward = w · own + (1 − w) · team mean.
         recompute_old_logprobs: recompute PPO's old log-probs with the full forward at the
             start of the update instead of using `Trajectory.policy_logprobs`.
+        skip_no_signal: skip an adapter's policy step when none of its decisions in the
+            minibatch has a nonzero advantage (after normalisation), counted as
+            `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
+            Adam makes it a full-size step: GRPO groups that all scored 0 drove a policy to
+            maximum entropy (BUILD_NOTES.md, "Learning study"). The reference steps anyway
+            (False); critic-based advantages are practically never all zero.
     """
 
     algorithm: str = "marft_a"
@@ -129,6 +135,7 @@ class PPOConfig:
     grpo_eps: float = 1e-6
     ippo_own_weight: float = 0.5
     recompute_old_logprobs: bool = False
+    skip_no_signal: bool = True
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:

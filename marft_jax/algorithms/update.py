@@ -105,7 +105,8 @@ def make_update(graphdef, config: PPOConfig,
         `update(state, base, trajectory, key, word_counts=None) -> (state, metrics)`, jitted.
         `word_counts` `[R, A, E]` is required for `logprob_norm="word"`. `metrics` is a dict
         of arrays: per agent `[A]` policy_loss, entropy, approx_kl, clip_frac, kl_ref; per
-        adapter `[NA]` grad_norm, policy_steps, skipped_nonfinite, skipped_kl; scalars
+        adapter `[NA]` grad_norm, policy_steps, skipped_nonfinite, skipped_kl,
+        skipped_no_signal; scalars
         value_loss, critic_grad_norm, critic_steps, critic_skipped_nonfinite, warmup,
         advantage/return/value statistics; `[A]` scheduled (the rotation mask).
     """
@@ -203,7 +204,11 @@ def make_update(graphdef, config: PPOConfig,
             kl = to_adapter(terms.approx_kl) / jnp.maximum(to_adapter(terms.count), 1.0)
             kl_ok = (jnp.ones_like(finite) if config.target_kl is None
                      else ~(kl > config.target_kl))
-            apply = may_step & finite & kl_ok
+            # An adapter none of whose decisions carries a nonzero advantage would follow
+            # only the entropy bonus / KL term, at Adam's full step size.
+            signal = to_adapter(losses.per_agent_sum(mb.valid & (mb.advantages != 0))) > 0
+            signal_ok = signal | (not config.skip_no_signal)  # [NA]
+            apply = may_step & finite & kl_ok & signal_ok
             lora, actor_opt = optim.masked_actor_step(actor_tx, st.lora, st.actor_opt,
                                                       lora_grads, apply)
             critic_norm = optax.tree.norm(critic_grads)
@@ -214,6 +219,7 @@ def make_update(graphdef, config: PPOConfig,
             as_int = lambda x: x.astype(jnp.int32)
             skipped_nonfinite = as_int(may_step & ~finite)
             skipped_kl = as_int(may_step & finite & ~kl_ok)
+            skipped_no_signal = as_int(may_step & finite & kl_ok & ~signal_ok)
             critic_skipped = as_int(~critic_finite & spec.uses_critic)
             st = st.replace(
                 lora=lora, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt,
@@ -225,7 +231,7 @@ def make_update(graphdef, config: PPOConfig,
             step_totals = dict(terms=terms, vterms=vterms, grad_norm=norms,
                                critic_grad_norm=critic_norm, policy_steps=as_int(apply),
                                skipped_nonfinite=skipped_nonfinite, skipped_kl=skipped_kl,
-                               critic_steps=as_int(critic_apply),
+                               skipped_no_signal=skipped_no_signal, critic_steps=as_int(critic_apply),
                                critic_skipped_nonfinite=critic_skipped)
             return (st, jax.tree.map(jnp.add, totals, step_totals)), None
 
@@ -240,7 +246,7 @@ def make_update(graphdef, config: PPOConfig,
         totals = dict(terms=losses.PolicyTerms(*([zeros_a] * 6)),
                       vterms=losses.ValueTerms(zeros_a, zeros_a), grad_norm=zeros_na,
                       critic_grad_norm=jnp.zeros(()), policy_steps=zero_i,
-                      skipped_nonfinite=zero_i, skipped_kl=zero_i,
+                      skipped_nonfinite=zero_i, skipped_kl=zero_i, skipped_no_signal=zero_i,
                       critic_steps=jnp.zeros((), jnp.int32),
                       critic_skipped_nonfinite=jnp.zeros((), jnp.int32))
         (state, totals), _ = jax.lax.scan(train_step, (state, totals), indices)
@@ -268,6 +274,7 @@ def _metrics(totals, num_steps: int, stats, warmup, scheduled) -> dict[str, Arra
         "policy_steps": totals["policy_steps"],
         "skipped_nonfinite": totals["skipped_nonfinite"],
         "skipped_kl": totals["skipped_kl"],
+        "skipped_no_signal": totals["skipped_no_signal"],
         "critic_steps": totals["critic_steps"],
         "critic_skipped_nonfinite": totals["critic_skipped_nonfinite"],
         "warmup": warmup,

@@ -207,7 +207,7 @@ def make_update(graphdef, config: PPOConfig,
             # An adapter none of whose decisions carries a nonzero advantage would follow
             # only the entropy bonus / KL term, at Adam's full step size.
             signal = to_adapter(losses.per_agent_sum(mb.valid & (mb.advantages != 0))) > 0
-            signal_ok = signal | (not config.skip_no_signal)  # [NA]
+            signal_ok = signal if config.skip_no_signal else jnp.ones_like(signal)  # [NA]
             apply = may_step & finite & kl_ok & signal_ok
             lora, actor_opt = optim.masked_actor_step(actor_tx, st.lora, st.actor_opt,
                                                       lora_grads, apply)
@@ -231,7 +231,8 @@ def make_update(graphdef, config: PPOConfig,
             step_totals = dict(terms=terms, vterms=vterms, grad_norm=norms,
                                critic_grad_norm=critic_norm, policy_steps=as_int(apply),
                                skipped_nonfinite=skipped_nonfinite, skipped_kl=skipped_kl,
-                               skipped_no_signal=skipped_no_signal, critic_steps=as_int(critic_apply),
+                               skipped_no_signal=skipped_no_signal,
+                               critic_steps=as_int(critic_apply),
                                critic_skipped_nonfinite=critic_skipped)
             return (st, jax.tree.map(jnp.add, totals, step_totals)), None
 

@@ -49,6 +49,9 @@ class ModelConfig:
         attention_bias: q/k/v projections carry biases (Qwen2).
         dtype: parameter and activation dtype name ("float32" or "bfloat16").
         bos_token_id, eos_token_id, pad_token_id: special ids from the checkpoint, if any.
+        initializer_range: standard deviation of the random init of the embedding and every
+            weight matrix (transformers' name; pretrained weights replace it). Random tiny
+            models for RL need more than the usual 0.02: see `configs/tiny_cpu.py`.
     """
 
     model_type: str = "llama"
@@ -68,6 +71,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
+    initializer_range: float = 0.02
 
     @property
     def jnp_dtype(self):
@@ -82,6 +86,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ConfigError(f"model config: dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        if not self.initializer_range > 0:
+            raise ConfigError(f"model config: initializer_range must be positive, got "
+                              f"{self.initializer_range!r}")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"model config: num_attention_heads={self.num_heads} is not a multiple of "
@@ -178,6 +185,7 @@ def config_from_hf_dict(d: dict[str, Any], source: str = "<dict>",
         eos_token_id=tuple(d["eos_token_id"]) if isinstance(d.get("eos_token_id"), list)
         else d.get("eos_token_id"),
         pad_token_id=d.get("pad_token_id"),
+        initializer_range=float(d.get("initializer_range", 0.02)),
     )
 
 

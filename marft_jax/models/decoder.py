@@ -68,7 +68,7 @@ class Attention(nnx.Module):
         c = config
         self.config = c
         d, hd = c.hidden_size, c.head_dim
-        kw = dict(dtype=c.jnp_dtype, rngs=rngs)
+        kw = dict(dtype=c.jnp_dtype, init_std=c.initializer_range, rngs=rngs)
         self.q_proj = LoRALinear(d, c.num_heads * hd, use_bias=c.attention_bias,
                                  lora=_lora_for("q_proj", lora), **kw)
         self.k_proj = LoRALinear(d, c.num_kv_heads * hd, use_bias=c.attention_bias,
@@ -137,7 +137,8 @@ class MLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, lora: LoraConfig | None, rngs: nnx.Rngs):
         d, f = config.hidden_size, config.intermediate_size
-        kw = dict(use_bias=False, dtype=config.jnp_dtype, rngs=rngs)
+        kw = dict(use_bias=False, dtype=config.jnp_dtype, init_std=config.initializer_range,
+                  rngs=rngs)
         self.gate_proj = LoRALinear(d, f, lora=_lora_for("gate_proj", lora), **kw)
         self.up_proj = LoRALinear(d, f, lora=_lora_for("up_proj", lora), **kw)
         self.down_proj = LoRALinear(f, d, lora=_lora_for("down_proj", lora), **kw)
@@ -176,7 +177,7 @@ class Decoder(nnx.Module):
                  rngs: nnx.Rngs):
         self.config = config
         self.lora_config = lora
-        self.embed_tokens = nnx.Param(nnx.initializers.normal(0.02)(
+        self.embed_tokens = nnx.Param(nnx.initializers.normal(config.initializer_range)(
             rngs.params(), (config.vocab_size, config.hidden_size), config.jnp_dtype))
         self.layers = nnx.List([DecoderLayer(config, lora, rngs)
                                 for _ in range(config.num_layers)])
@@ -184,7 +185,7 @@ class Decoder(nnx.Module):
         if config.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = nnx.Param(nnx.initializers.normal(0.02)(
+            self.lm_head = nnx.Param(nnx.initializers.normal(config.initializer_range)(
                 rngs.params(), (config.hidden_size, config.vocab_size), config.jnp_dtype))
 
     def __call__(self, tokens: Array, positions: Array, adapter_ids: Array, kv_valid: Array,

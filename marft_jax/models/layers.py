@@ -70,8 +70,8 @@ class LoRALinear(nnx.Module):
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool, dtype,
-                 lora: LoraConfig | None, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(0.02)
+                 lora: LoraConfig | None, rngs: nnx.Rngs, init_std: float = 0.02):
+        init = nnx.initializers.normal(init_std)
         self.kernel = nnx.Param(init(rngs.params(), (in_dim, out_dim), dtype))
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype)) if use_bias else None
         self.lora_scale = lora.scale if lora is not None else 0.0

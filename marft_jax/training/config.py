@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
         dtype="float32",
         # Random tiny decoder for tests and smoke runs (used when name == "tiny").
         tiny=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8),
+                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                  initializer_range=0.02),
     ))
     c.lora = ml_collections.ConfigDict(dict(
         rank=8, alpha=16.0, targets=("q_proj", "v_proj"),
@@ -71,6 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.train = ml_collections.ConfigDict(dict(
         iterations=10, eval_every=0, eval_problems=200, eval_greedy=True, eval_samples=1,
+        eval_sampled=False,  # also evaluate sampled at sampling.temperature (pass@k)
+        eval_before=True,  # evaluate the untrained team first (a study's baseline row can)
         eval_batch=0,  # problems per evaluation call; 0 = rollout.num_envs
         checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
         log_every=1,

@@ -2,7 +2,10 @@
 
 Every problem is played once per sample for one round (as the reference evaluator does),
 greedy or sampled; accuracy is the mean task score, reported overall and per answering
-agent, with pass@k over `samples` samples per problem.
+agent, with pass@k over `samples` samples per problem. Math tasks are also scored both ways
+on the same responses: `accuracy_strict` (a `\\boxed{}` answer only) and `accuracy_lenient`
+(box, answer phrase or last number: the training reward), so a gain from learning the
+answer format shows as such.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from marft_jax.envs.math.grader import SCORINGS, grade_answer
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.rollout import RolloutConfig
 from marft_jax.training.setup import RunSetup, TaskSplit, make_team_rollout
@@ -60,9 +66,17 @@ class Evaluator:
             progress: bool = False) -> dict[str, Any]:
         """Plays every problem (or the first `limit`) `samples` times.
 
+        Args:
+            lora: the adapters to evaluate.
+            key: sampling key (sample s, call c use `fold_in(fold_in(key, s), c)`).
+            limit: evaluate only the first `limit` problems.
+            responses_path: write every response (JSON lines) here (math tasks).
+            progress: log problems done, elapsed time and an ETA after every call.
+
         Returns:
             metrics: `accuracy`, `accuracy/<role>` per answering agent, `pass@k` for each
-            k ≤ samples in powers of two, `problems`.
+            k ≤ samples in powers of two, `problems`; math tasks add `accuracy_<scoring>`
+            for each of `grader.SCORINGS` (mean over samples and answering agents).
         """
         setup, team = self.setup, self.setup.exp.team
         p = self.split.num_problems if limit is None else min(limit, self.split.num_problems)
@@ -70,7 +84,9 @@ class Evaluator:
         answering = [i for i, a in enumerate(team.answer_mask) if a]
         scores = np.zeros((self.samples, p), np.float64)
         per_agent = np.zeros((self.samples, len(answering), p), np.float64)
+        scored = {name: np.zeros((self.samples, len(answering), p)) for name in SCORINGS}
         texts: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
         for s in range(self.samples):
             for c in range(chunks):
                 order = (jnp.arange(self.split.num_problems) + c * self.batch) % \
@@ -90,18 +106,29 @@ class Evaluator:
                 rewards = np.asarray(traj.rewards[0])  # [A, E]: own correctness
                 for j, i in enumerate(answering):
                     per_agent[s, j, rows] = rewards[i][real]
-                if responses_path is not None and self.split.math is not None:
-                    texts.extend(self._responses(traj, ids, real, s))
+                if self.split.math is not None:
+                    records = self._responses(traj, ids, real, s)
+                    for name, grid in scored.items():
+                        for j, i in enumerate(answering):
+                            grid[s, j, rows] = [
+                                grade_answer(r[team.roles[i]], r["answer"], scoring=name)
+                                for r in records]
+                    if responses_path is not None:
+                        texts.extend(records)
                 if progress:
                     done = s * chunks + c + 1
-                    bar = "#" * (30 * done // (self.samples * chunks))
-                    print(f"\reval [{bar:<30}] {done}/{self.samples * chunks}", end="",
-                          flush=True)
-        if progress:
-            print()
+                    elapsed = time.perf_counter() - t0
+                    eta = elapsed / done * (self.samples * chunks - done)
+                    logging.info("eval: %d/%d problems%s, %.0f s, ETA %.0f s",
+                                 min((c + 1) * self.batch, p), p,
+                                 f" (sample {s + 1}/{self.samples})" if self.samples > 1 else "",
+                                 elapsed, eta)
         metrics: dict[str, Any] = {"accuracy": float(scores.mean()), "problems": p}
         for j, i in enumerate(answering):
             metrics[f"accuracy/{team.roles[i]}"] = float(per_agent[:, j].mean())
+        if self.split.math is not None and answering:
+            for name, grid in scored.items():
+                metrics[f"accuracy_{name}"] = float(grid.mean())
         correct = (scores > 0).sum(axis=0)
         k = 1
         while k <= self.samples:

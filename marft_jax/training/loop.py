@@ -137,18 +137,44 @@ def place_setup(setup: RunSetup, plan: parallel.Plan) -> RunSetup:
                                lora=plan.place_params(setup.lora))
 
 
-def _evaluate(evaluator: Evaluator | None, setup: RunSetup, lora, step: int,
-              run_dir: Path, tag: str) -> dict[str, Any] | None:
-    if evaluator is None:
+def make_evaluators(setup: RunSetup, plan: parallel.Plan | None = None
+                    ) -> dict[str, Evaluator]:
+    """The run's evaluations of the held-out split: "" (greedy or sampled, as
+    `train.eval_greedy` says) and, with `train.eval_sampled`, "sampled" (at the training
+    temperature, `train.eval_samples` samples a problem). Empty without a held-out split."""
+    exp = setup.exp
+    if setup.heldout is None or exp.train["eval_problems"] == 0:
+        return {}
+    make = lambda greedy: Evaluator(setup, setup.heldout, batch=eval_batch(exp), greedy=greedy,
+                                    samples=exp.train["eval_samples"], plan=plan)
+    evaluators = {"": make(exp.train["eval_greedy"])}
+    if exp.train.get("eval_sampled", False) and exp.train["eval_greedy"]:
+        evaluators["sampled"] = make(False)
+    return evaluators
+
+
+def evaluate_team(evaluators: dict[str, Evaluator], setup: RunSetup, lora, step: int,
+                  run_dir: Path | None, tag: str) -> dict[str, Any] | None:
+    """Runs `make_evaluators`' evaluations: the main one's metrics, with the sampled one's
+    nested under "sampled"; responses go to `run_dir/responses_<tag>[_sampled].jsonl`."""
+    if not evaluators:
         return None
     key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
     main = parallel.is_main_process()
-    metrics = evaluator.run(lora, key, limit=setup.exp.train["eval_problems"],
-                            responses_path=run_dir / f"responses_{tag}.jsonl" if main else None)
-    if main:
-        logging.info("eval %s (step %d): %s", tag, step,
-                     ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in metrics.items()))
+    metrics: dict[str, Any] = {}
+    for name, evaluator in evaluators.items():
+        suffix = f"_{name}" if name else ""
+        path = run_dir / f"responses_{tag}{suffix}.jsonl" if (main and run_dir) else None
+        out = evaluator.run(lora, key, limit=setup.exp.train["eval_problems"],
+                            responses_path=path, progress=main)
+        if main:
+            logging.info("eval %s%s (step %d): %s", tag, suffix, step,
+                         ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in out.items()))
+        if name:
+            metrics[name] = out
+        else:
+            metrics.update(out)
     return metrics
 
 
@@ -197,13 +223,10 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     writer = MetricsWriter(run_dir, resume_step=start + 1 if resume else None) if main else None
     write = writer.write if main else (lambda *args, **kwargs: None)
 
-    evaluator = None
-    if setup.heldout is not None and exp.train["eval_problems"] > 0:
-        evaluator = Evaluator(setup, setup.heldout, batch=eval_batch(exp),
-                              greedy=exp.train["eval_greedy"], samples=exp.train["eval_samples"],
-                              plan=plan)
-    if start == 0 and evaluator is not None:
-        summary["eval_before"] = _evaluate(evaluator, setup, state.lora, 0, run_dir, "before")
+    evaluators = make_evaluators(setup, plan)
+    if start == 0 and evaluators and exp.train.get("eval_before", True):
+        summary["eval_before"] = evaluate_team(evaluators, setup, state.lora, 0, run_dir,
+                                               "before")
         write(0, {"eval": summary["eval_before"]})
 
     total = exp.train["iterations"]
@@ -227,8 +250,8 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
             raise RuntimeError("a game state outgrew its buffer (a bug in the size derivation)")
         times.append(time.perf_counter() - t0)
         if exp.train["eval_every"] and step % exp.train["eval_every"] == 0 and step < total:
-            record["eval"] = _evaluate(evaluator, setup, state.lora, step, run_dir,
-                                       f"step{step}")
+            record["eval"] = evaluate_team(evaluators, setup, state.lora, step, run_dir,
+                                           f"step{step}")
         write(step, record)
         summary["last_score"] = float(record["rollout"]["score"])
         if main and (step % exp.train["log_every"] == 0 or step == end):
@@ -244,10 +267,12 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
             meta = _meta(setup, step, fingerprint) | {"summary": summary}
             checkpointer.save(step, {"train": state, "game": game}, meta)  # every process
     checkpointer.close()
-    if total == 0 and evaluator is not None:  # evaluation only: the untrained team
-        summary["eval_after"] = summary.get("eval_before")
-    elif end == total and evaluator is not None:
-        summary["eval_after"] = _evaluate(evaluator, setup, state.lora, total, run_dir, "after")
+    if total == 0 and evaluators:  # evaluation only: the untrained team
+        summary["eval_after"] = summary.get("eval_before") or evaluate_team(
+            evaluators, setup, state.lora, 0, run_dir, "before")
+    elif end == total and evaluators:
+        summary["eval_after"] = evaluate_team(evaluators, setup, state.lora, total, run_dir,
+                                              "after")
         write(total, {"eval": summary["eval_after"]})
     summary["iterations"] = end
     if main:

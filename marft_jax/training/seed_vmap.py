@@ -21,9 +21,8 @@ import jax.numpy as jnp
 from marft_jax.algorithms.update import make_update
 from marft_jax.errors import ConfigError
 from marft_jax.training.config import Experiment
-from marft_jax.training.evaluation import Evaluator
-from marft_jax.training.loop import (_EVAL, _ROLLOUT, _UPDATE, eval_batch, initial_state,
-                                     rollout_metrics)
+from marft_jax.training.loop import (_ROLLOUT, _UPDATE, evaluate_team, initial_state,
+                                     make_evaluators, rollout_metrics)
 from marft_jax.training.run_dir import MetricsWriter
 from marft_jax.training.setup import RunSetup, build_setup, make_team_rollout, sampling_key
 
@@ -77,11 +76,6 @@ def make_seed_program(setups: list[RunSetup]):
     return jax.jit(jax.vmap(one_seed))
 
 
-def _evaluate(setup: RunSetup, evaluator: Evaluator | None, lora) -> dict[str, Any] | None:
-    if evaluator is None or setup.exp.train["eval_problems"] == 0:
-        return None
-    key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
-    return evaluator.run(lora, key, limit=setup.exp.train["eval_problems"])
 
 
 def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict[str, Any]]:
@@ -96,12 +90,10 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
     """
     _check_same_but_seed(exps)
     setups = [build_setup(e) for e in exps]
-    evaluators = [Evaluator(s, s.heldout, batch=eval_batch(s.exp),
-                            greedy=s.exp.train["eval_greedy"],
-                            samples=s.exp.train["eval_samples"])
-                  if s.heldout is not None else None for s in setups]
+    evaluators = [make_evaluators(s) for s in setups]
     states, games = zip(*(initial_state(s) for s in setups))
-    befores = [_evaluate(s, ev, st.lora) for s, ev, st in zip(setups, evaluators, states)]
+    befores = [evaluate_team(ev, s, st.lora, 0, None, "before")
+               for s, ev, st in zip(setups, evaluators, states)]
     t0 = time.perf_counter()
     state, history = _stack(list(states)), None
     if exps[0].train["iterations"]:
@@ -115,7 +107,8 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
     for i, (setup, evaluator, run_dir) in enumerate(zip(setups, evaluators, run_dirs)):
         lora = _unstack(state.lora, i)
         total = setup.exp.train["iterations"]
-        after = befores[i] if total == 0 else _evaluate(setup, evaluator, lora)
+        after = befores[i] if total == 0 else evaluate_team(evaluator, setup, lora, total,
+                                                            None, "after")
         writer = MetricsWriter(run_dir)
         if befores[i] is not None:
             writer.write(0, {"eval": befores[i]})

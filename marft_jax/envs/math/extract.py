@@ -112,7 +112,8 @@ def last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
-def extract_answer(response: str, *, fallback_last_number: bool = True) -> str | None:
+def extract_answer(response: str, *, fallback_last_number: bool = True,
+                   boxed_only: bool = False) -> str | None:
     """The final answer of a model response, unnormalised.
 
     Args:
@@ -120,6 +121,8 @@ def extract_answer(response: str, *, fallback_last_number: bool = True) -> str |
         fallback_last_number: when there is neither a box nor an answer phrase, return the
             last number in the text (the reference parser's behaviour). Set False for a strict
             grader that only accepts explicit answers.
+        boxed_only: accept only a ``\\boxed{}`` answer (the "strict" scoring: a gain in it
+            can come from learning the answer format).
 
     Returns:
         The extracted answer, or None when nothing is found.
@@ -127,7 +130,7 @@ def extract_answer(response: str, *, fallback_last_number: bool = True) -> str |
     if not response:
         return None
     boxed = last_boxed(response)
-    if boxed is not None:
+    if boxed is not None or boxed_only:
         return boxed
     phrase = answer_phrase(response)
     if phrase is not None:

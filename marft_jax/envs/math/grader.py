@@ -215,8 +215,14 @@ def _cached_symbolic(pred: str, ref: str, timeout_s: float) -> bool:
     return answer
 
 
+# How an answer is found in a response (`extract.extract_answer` options): "lenient" (a box,
+# else an answer phrase, else the last number: the reward of the math tasks) and "strict"
+# (a \boxed{} answer only).
+SCORINGS = {"lenient": {}, "strict": {"boxed_only": True}}
+
+
 def grade_answer(response: str, reference: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 fallback_last_number: bool = True) -> bool:
+                 fallback_last_number: bool = True, scoring: str = "lenient") -> bool:
     """Extract the answer of ``response`` and compare it with ``reference``.
 
     Args:
@@ -224,8 +230,10 @@ def grade_answer(response: str, reference: str, *, timeout_s: float = DEFAULT_TI
         reference: the ground-truth answer (as ``MathProblem.answer``).
         timeout_s: see ``math_equal``.
         fallback_last_number: see ``extract.extract_answer``.
+        scoring: a name in ``SCORINGS``.
     """
-    prediction = extract_answer(response, fallback_last_number=fallback_last_number)
+    prediction = extract_answer(response, fallback_last_number=fallback_last_number,
+                                **SCORINGS[scoring])
     return math_equal(prediction, reference, timeout_s=timeout_s)
 
 

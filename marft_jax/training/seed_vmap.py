@@ -54,71 +54,91 @@ def _check_same_but_seed(exps: list[Experiment]) -> None:
 
 
 def make_seed_program(setups: list[RunSetup]):
-    """`program(base, state, game, root) -> (state, game, history)`, jitted and vmapped over
-    a leading seed axis of every argument; `history` leaves are `[seeds, iterations, ...]`."""
+    """`program(base, state, game, root, start, length) -> (state, game, history)`: iterations
+    `start .. start + length - 1` of every seed, jitted (once per `length`) and vmapped over a
+    leading seed axis of `base, state, game, root`; `history` leaves are
+    `[seeds, length, ...]`."""
     s0 = setups[0]
     exp = s0.exp
     rollout = make_team_rollout(s0, s0.train, s0.rollout_config,
                                 float(exp.sampling["temperature"]))
     update = make_update(s0.graphdef, exp.ppo, exp.team.graph)
-    iterations = exp.train["iterations"]
 
-    def one_seed(base, state, game, root):
+    def one_seed(base, state, game, root, start, length):
         def body(carry, it):
             state, game = carry
             game, traj = rollout((base, state.lora), game, sampling_key(root, _ROLLOUT, it))
             state, metrics = update(state, base, traj, sampling_key(root, _UPDATE, it))
             return (state, game), {"rollout": rollout_metrics(traj), "update": metrics}
 
-        (state, game), history = jax.lax.scan(body, (state, game), jnp.arange(iterations))
+        iterations = start + jnp.arange(length)
+        (state, game), history = jax.lax.scan(body, (state, game), iterations)
         return state, game, history
 
-    return jax.jit(jax.vmap(one_seed))
+    vmapped = jax.vmap(one_seed, in_axes=(0, 0, 0, 0, None, None))
+    return jax.jit(vmapped, static_argnums=(5,))
 
 
+def _chunks(total: int, every: int) -> list[tuple[int, int]]:
+    """`(start, length)` pieces of `total` iterations that end at every multiple of `every`."""
+    ends = list(range(every, total, every)) if every else []
+    starts = [0] + ends
+    return [(a, b - a) for a, b in zip(starts, ends + [total])]
 
 
 def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """Trains `exps` (one config, several seeds) as one vmapped program.
 
     Writes into each run directory what `loop.train` writes there (metrics.jsonl with the
-    evaluation before and after, summary.json), without checkpoints.
+    evaluation before, every `train.eval_every` iterations and after; summary.json), without
+    checkpoints. The program runs in pieces of `train.eval_every` iterations (one
+    compilation per piece length), the evaluations between them.
 
     Returns:
         One summary per seed: `eval_before`, `eval_after`, `last_score`, `iterations`,
-        `wall_s` (the program's wall time, shared by all seeds).
+        `wall_s` (the training program's wall time, shared by all seeds).
     """
     _check_same_but_seed(exps)
     setups = [build_setup(e) for e in exps]
     evaluators = [make_evaluators(s) for s in setups]
     states, games = zip(*(initial_state(s) for s in setups))
-    befores = [evaluate_team(ev, s, st.lora, 0, None, "before")
-               for s, ev, st in zip(setups, evaluators, states)]
-    t0 = time.perf_counter()
-    state, history = _stack(list(states)), None
-    if exps[0].train["iterations"]:
+    evaluate = lambda i, lora, step, tag: evaluate_team(evaluators[i], setups[i], lora, step,
+                                                        None, tag)
+    befores = [evaluate(i, st.lora, 0, "before") if setups[i].exp.train["eval_before"] or
+               not setups[i].exp.train["iterations"] else None for i, st in enumerate(states)]
+    total = exps[0].train["iterations"]
+    state, game = _stack(list(states)), _stack(list(games))
+    records: list[list[dict[str, Any]]] = [[] for _ in exps]
+    wall = 0.0
+    if total:
         program = make_seed_program(setups)
         roots = jnp.stack([jax.random.key(e.seed) for e in exps])
-        state, _, history = program(_stack([s.base for s in setups]), state,
-                                    _stack(list(games)), roots)
-        history = jax.device_get(history)
-    wall = time.perf_counter() - t0
+        base = _stack([s.base for s in setups])
+        for start, length in _chunks(total, exps[0].train["eval_every"]):
+            t0 = time.perf_counter()
+            state, game, history = program(base, state, game, roots, start, length)
+            history = jax.device_get(history)
+            wall += time.perf_counter() - t0
+            for i in range(len(exps)):
+                seed_history = _unstack(history, i)
+                records[i] += [_unstack(seed_history, j) for j in range(length)]
+                if start + length < total:
+                    records[i][-1]["eval"] = evaluate(i, _unstack(state.lora, i),
+                                                      start + length, f"step{start + length}")
     summaries = []
-    for i, (setup, evaluator, run_dir) in enumerate(zip(setups, evaluators, run_dirs)):
-        lora = _unstack(state.lora, i)
-        total = setup.exp.train["iterations"]
-        after = befores[i] if total == 0 else evaluate_team(evaluator, setup, lora, total,
-                                                            None, "after")
+    for i, (setup, run_dir) in enumerate(zip(setups, run_dirs)):
+        after = befores[i] if total == 0 else evaluate(i, _unstack(state.lora, i), total,
+                                                       "after")
         writer = MetricsWriter(run_dir)
         if befores[i] is not None:
             writer.write(0, {"eval": befores[i]})
-        for it in range(total):
-            writer.write(it + 1, _unstack(_unstack(history, i), it))
+        for it, record in enumerate(records[i]):
+            writer.write(it + 1, record)
         if after is not None and total:
             writer.write(total, {"eval": after})
         writer.close()
         summary = {"eval_before": befores[i], "eval_after": after, "iterations": total,
-                   "last_score": float(history["rollout"]["score"][i, -1]) if total else None,
+                   "last_score": float(records[i][-1]["rollout"]["score"]) if total else None,
                    "wall_s": wall}
         (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2,
                                                                default=float))

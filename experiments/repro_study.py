@@ -120,7 +120,9 @@ def main(argv):
         if unknown:
             raise ConfigError(f"--only: {unknown} not in {study_path} "
                               f"({[c.name for c in conditions]})")
-        conditions = [c for c in conditions if not _ONLY.value or c.name in _ONLY.value]
+        wanted = set(_ONLY.value) | {c.baseline for c in conditions
+                                     if c.name in _ONLY.value and c.baseline}
+        conditions = [c for c in conditions if not _ONLY.value or c.name in wanted]
         plans = []
         for cond in conditions:  # validate every condition before running any
             config = load_config(cond.config, cond.overrides)
@@ -179,7 +181,7 @@ def main(argv):
     if _DRY_RUN.value:
         return
     order = [c.name for c, _, _ in plans]
-    rows = summarize(results, order)
+    rows = summarize(results, order, {c.name: c.baseline for c, _, _ in plans if c.baseline})
     out.mkdir(parents=True, exist_ok=True)
     write_csv(results, out / "results.csv")
     note = "replace the seed in the command (vmapped conditions run all seeds at once)."

@@ -20,10 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_token_bench_learns_from_chance(algorithm, tmp_path):
     config = load_config(ROOT / "configs" / "token_bench.py",
                          {"ppo.algorithm": algorithm, "train.iterations": 100,
-                          "train.eval_every": 0})
+                          "train.eval_every": 50})
     summary, = train_seeds([finalize(config)], [tmp_path])
-    scores = [r["rollout/score"] for r in read_metrics(tmp_path) if "rollout/score" in r]
+    records = read_metrics(tmp_path)
+    scores = [r["rollout/score"] for r in records if "rollout/score" in r]
     assert len(scores) == 100
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 50, 100]
     # Chance: each move is a symbol with probability ~4/16, then 1 in 4 sums hit.
     assert summary["eval_before"]["accuracy"] <= 0.25
     assert scores[0] < 0.2  # the first rollout is the untrained policy's

@@ -430,3 +430,23 @@ def test_math_equal_returns_false_on_timeout_and_keeps_working():
     assert math_equal("\\sqrt{8}", "2\\sqrt{2}", timeout_s=30.0)
     assert not math_equal("\\sqrt{8}", "3\\sqrt{2}", timeout_s=30.0)
     assert math_equal("17", "17.0", timeout_s=0.0)
+
+
+def test_strict_scoring_takes_boxed_answers_only():
+    assert grade_answer("so \\boxed{12}.", "12", scoring="strict")
+    assert grade_answer("The answer is 12", "12")  # lenient: the answer phrase
+    assert not grade_answer("The answer is 12", "12", scoring="strict")
+    assert not grade_answer("5 + 7 = 12", "12", scoring="strict")
+    assert not grade_answer("\\boxed{13} or 12", "12", scoring="strict")
+
+
+def test_evaluation_grades_each_role_both_ways():
+    from marft_jax.training.evaluation import grade_records
+
+    records = [{"answer": "12", "a": "\\boxed{12}", "b": "it is 12"},
+               {"answer": "7", "a": "The answer is 7", "b": "\\boxed{8}"}]
+    np.testing.assert_array_equal(grade_records(records, ["a", "b"], "lenient"),
+                                  [[1, 1], [1, 0]])
+    np.testing.assert_array_equal(grade_records(records, ["a", "b"], "strict"),
+                                  [[1, 0], [0, 0]])
+    assert grade_records([], ["a"], "strict").shape == (0, 1)

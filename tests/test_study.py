@@ -174,3 +174,25 @@ def test_repro_study_bad_input_exits_2(args, message, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_gain_against_a_baseline_condition_when_runs_skip_their_own_before():
+    base = [RunResult("untrained", 0, 0.2, 0.2, None, 5.0, 0, "u", "d", [])]
+    runs = [RunResult("t", s, None, 0.4 + 0.1 * s, 0.5, 10.0, 4, "c", "d", [(1, 0.1)],
+                      after_sampled=0.3, after_strict=0.0) for s in range(3)]
+    rows = summarize(base + runs, ["untrained", "t"], {"t": "untrained"})
+    assert rows[1]["before"]["mean"] == pytest.approx(0.2)
+    assert rows[1]["gain"]["mean"] == pytest.approx(0.3)
+    assert rows[1]["after_sampled"]["mean"] == pytest.approx(0.3)
+    table = markdown_table(rows)
+    assert "| t | 3 | 4 | 20.0 ± 0.0" in table and "| 30.0 ± 0.0 [30.0, 30.0] | 0.0" in table
+    # Without the baseline's runs there is no before, and no gain.
+    assert summarize(runs, ["t"], {"t": "untrained"})[0]["gain"]["n"] == 0
+
+
+def test_chunks_end_at_every_evaluation():
+    from marft_jax.training.seed_vmap import _chunks
+
+    assert _chunks(10, 0) == [(0, 10)]
+    assert _chunks(10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert _chunks(8, 4) == [(0, 4), (4, 4)]

@@ -46,6 +46,19 @@ def test_smoke_run_writes_checkpoints_metrics_and_events(full_run):
     assert (full_run / "learning_curve.png").stat().st_size > 0
 
 
+def test_evaluation_switches_sampled_and_no_before(tmp_path):
+    run_dir = tmp_path / "evals"
+    _run(f"--run_dir={run_dir}", "--config.train.iterations=1",
+         "--config.train.eval_before=False", "--config.train.eval_sampled=True")
+    records = _metrics(run_dir)
+    assert [r["step"] for r in records] == [1, 1]  # no evaluation before training
+    final = records[-1]
+    assert "eval/accuracy" in final and "eval/sampled/accuracy" in final
+    assert "eval/sampled/pass@1" in final
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval_after"]["sampled"]["problems"] == 4
+
+
 def test_resume_after_interruption_is_bitwise_identical(full_run, tmp_path):
     run_dir = tmp_path / "interrupted"
     _run(f"--run_dir={run_dir}", "--stop_after=2")

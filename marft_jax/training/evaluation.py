@@ -40,6 +40,13 @@ def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def grade_records(records: list[dict[str, Any]], roles: list[str], scoring: str) -> np.ndarray:
+    """`[records, roles]` 0/1: each role's response in each record graded against the
+    record's "answer" with one of `grader.SCORINGS`."""
+    return np.array([[float(grade_answer(r[role], r["answer"], scoring=scoring))
+                      for role in roles] for r in records], np.float64).reshape(-1, len(roles))
+
+
 @dataclasses.dataclass
 class Evaluator:
     """A compiled evaluation of one split with a fixed batch size."""
@@ -109,10 +116,8 @@ class Evaluator:
                 if self.split.math is not None:
                     records = self._responses(traj, ids, real, s)
                     for name, grid in scored.items():
-                        for j, i in enumerate(answering):
-                            grid[s, j, rows] = [
-                                grade_answer(r[team.roles[i]], r["answer"], scoring=name)
-                                for r in records]
+                        grid[s][:, rows] = grade_records(
+                            records, [team.roles[i] for i in answering], name).T
                     if responses_path is not None:
                         texts.extend(records)
                 if progress:

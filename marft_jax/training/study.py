@@ -40,12 +40,16 @@ class Condition:
         overrides: `{"ppo.algorithm": "marft_t", ...}` dotted config fields.
         seeds: run these seeds instead of the study's (e.g. `(0,)` for a greedy evaluation
             of an untrained team, which no seed changes); None = the study's seeds.
+        baseline: the condition whose held-out accuracy stands for "before" when a run does
+            not evaluate itself before training (`train.eval_before=False`): an untrained
+            team evaluated the same way, the same for every seed.
     """
 
     name: str
     config: str
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     seeds: tuple[int, ...] | None = None
+    baseline: str | None = None
 
 
 def load_study(path: str | Path) -> list[Condition]:
@@ -137,18 +141,25 @@ class RunResult:
     command: str
     run_dir: str
     curve: list[tuple[int, float]]  # (iteration, rollout score)
+    after_sampled: float | None = None  # held-out, sampled at the training temperature
+    after_strict: float | None = None  # held-out greedy, boxed answers only
 
 
 def result_from_run(condition: str, seed: int, run_dir: str | Path, summary: dict[str, Any],
                     records: list[dict[str, Any]], wall_s: float, command: str,
                     last: int = 5) -> RunResult:
     """Collects a run's summary and metrics records into a `RunResult`."""
-    acc = lambda e: None if not e else e.get("accuracy")
+    acc = lambda e, key="accuracy": None if not e else e.get(key)
     curve = [(r["step"], r["rollout/score"]) for r in records if "rollout/score" in r]
     final = float(np.mean([s for _, s in curve[-last:]])) if curve else None
-    return RunResult(condition, seed, acc(summary.get("eval_before")),
-                     acc(summary.get("eval_after")), final, wall_s,
-                     int(summary.get("iterations", 0)), command, str(run_dir), curve)
+    after = summary.get("eval_after")
+    return RunResult(condition, seed, acc(summary.get("eval_before")), acc(after), final,
+                     wall_s, int(summary.get("iterations", 0)), command, str(run_dir), curve,
+                     after_sampled=acc((after or {}).get("sampled")),
+                     after_strict=acc(after, "accuracy_strict"))
+
+
+_NONE = {"n": 0}
 
 
 def _fmt(stat: dict[str, float], scale: float = 100.0) -> str:
@@ -161,18 +172,30 @@ def _fmt(stat: dict[str, float], scale: float = 100.0) -> str:
             f"{scale * (stat['mean'] + stat['ci95']):.1f}]")
 
 
-def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]]:
-    """Per condition (in `order`): statistics over its seeds."""
+def summarize(results: list[RunResult], order: list[str],
+              baselines: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Per condition (in `order`): statistics over its seeds.
+
+    A run without its own "before" evaluation takes the mean held-out accuracy of its
+    condition's baseline (`baselines[name]`, a condition in `results`) as its before.
+    """
     rows = []
+    baselines = baselines or {}
     for name in order:
         runs = [r for r in results if r.condition == name]
         if not runs:
             continue
-        gains = [r.after - r.before for r in runs if r.after is not None and
-                 r.before is not None]
+        base = [r.after for r in results if r.condition == baselines.get(name)
+                and r.after is not None]
+        base_before = float(np.mean(base)) if base else None
+        befores = [r.before if r.before is not None else base_before for r in runs]
+        gains = [r.after - b for r, b in zip(runs, befores) if r.after is not None and
+                 b is not None]
         rows.append({"condition": name, "seeds": [r.seed for r in runs],
-                     "before": mean_std_ci([r.before for r in runs]),
+                     "before": mean_std_ci(befores),
                      "after": mean_std_ci([r.after for r in runs]),
+                     "after_sampled": mean_std_ci([r.after_sampled for r in runs]),
+                     "after_strict": mean_std_ci([r.after_strict for r in runs]),
                      "gain": mean_std_ci(gains),
                      "final_score": mean_std_ci([r.final_score for r in runs]),
                      "wall_s": float(np.mean([r.wall_s for r in runs])),
@@ -182,8 +205,8 @@ def summarize(results: list[RunResult], order: list[str]) -> list[dict[str, Any]
 
 def write_csv(results: list[RunResult], path: str | Path) -> None:
     """One row per run."""
-    fields = ["condition", "seed", "iterations", "before", "after", "gain", "final_score",
-              "wall_s", "run_dir", "command"]
+    fields = ["condition", "seed", "iterations", "before", "after", "gain", "after_sampled",
+              "after_strict", "final_score", "wall_s", "run_dir", "command"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -191,6 +214,7 @@ def write_csv(results: list[RunResult], path: str | Path) -> None:
             gain = None if r.after is None or r.before is None else round(r.after - r.before, 6)
             w.writerow({"condition": r.condition, "seed": r.seed, "iterations": r.iterations,
                         "before": r.before, "after": r.after, "gain": gain,
+                        "after_sampled": r.after_sampled, "after_strict": r.after_strict,
                         "final_score": r.final_score, "wall_s": round(r.wall_s, 1),
                         "run_dir": r.run_dir, "command": r.command})
 
@@ -199,15 +223,21 @@ def markdown_table(rows: list[dict[str, Any]], seed_note: str = "") -> str:
     """The per-condition table (accuracies in %, mean ± std [95 % interval])."""
     lines = [
         "| condition | seeds | iterations | held-out acc. before (%) | after (%) | gain "
-        "(points) | rollout score, last 5 its (%) | wall s / seed |",
-        "|---|---|---|---|---|---|---|---|"]
+        "(points) | after, sampled (%) | after, strict (%) | rollout score, last 5 its (%) "
+        "| wall s / seed |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['condition']} | {len(r['seeds'])} | {r['iterations']} | "
                      f"{_fmt(r['before'])} | {_fmt(r['after'])} | {_fmt(r['gain'])} | "
+                     f"{_fmt(r.get('after_sampled', _NONE))} | "
+                     f"{_fmt(r.get('after_strict', _NONE))} | "
                      f"{_fmt(r['final_score'])} | {r['wall_s']:.0f} |")
     lines.append("")
-    lines.append("Mean ± sample std over seeds [95 % t interval of the mean]. Reproduce a "
-                 "row (seed S):" + (f" {seed_note}" if seed_note else ""))
+    lines.append("Mean ± sample std over seeds [95 % t interval of the mean]; held-out "
+                 "accuracy is greedy and lenient (box, answer phrase or last number) unless "
+                 "the column says sampled (at the training temperature) or strict (boxed "
+                 "answers only). Reproduce a row (seed S):"
+                 + (f" {seed_note}" if seed_note else ""))
     lines.append("")
     for r in rows:
         lines.append(f"- {r['condition']}: `{r['command']}`")

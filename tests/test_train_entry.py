@@ -59,6 +59,9 @@ def test_resume_after_interruption_is_bitwise_identical(full_run, tmp_path):
     ("--config.ppo.algorithm=reinforce", "ppo"),
     ("--config.team.profiles=/nonexistent/team.json", "team.profiles"),
     ("--config.lora.num_adapters=1", "lora.num_adapters"),
+    ("--config.ppo.max_grad_norm=-1", "ppo.max_grad_norm"),  # would flip the gradient
+    ("--config.ppo.entropy_coef=nan", "ppo.entropy_coef"),
+    ("--config.model.tiny.initializer_range=0", "model.tiny.initializer_range"),
 ])
 def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_path):
     proc = _run(f"--run_dir={tmp_path / 'bad'}", override, check=False)
@@ -66,6 +69,20 @@ def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"'{field}'" in errors[0], proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--config.ppo.lr_actor=abc", "--config.ppo.lr_actor"),  # wrong type
+    ("--config.nonexistent.x=1", "--config.nonexistent.x"),  # unknown section
+    ("--config.ppo.nonexistent=1", "--config.ppo.nonexistent"),  # unknown field
+    ("--config=configs/no_such_config.py", "no_such_config"),
+])
+def test_bad_command_line_exits_2_with_one_line(override, named, tmp_path):
+    proc = _run(f"--run_dir={tmp_path / 'bad'}", override, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], lines
+    assert not (tmp_path / "bad").exists()
 
 
 def _tool(name, *args):

@@ -49,11 +49,12 @@ def main(argv):
                                     _PROCESS_ID.value, auto_detect=_DISTRIBUTED.value)
     if not parallel.is_main_process():
         logging.set_verbosity(logging.WARNING)  # logs and files come from process 0
-    from marft_jax.training.loop import train
+    from marft_jax.training.loop import prepare_setup, train
     from marft_jax.training.plots import plot_learning_curve
 
-    def job(exp, run_dir):
-        summary = train(exp, run_dir, resume=_RESUME.value, stop_after=_STOP_AFTER.value)
+    def job(exp, run_dir, setup):
+        summary = train(exp, run_dir, resume=_RESUME.value, stop_after=_STOP_AFTER.value,
+                        setup=setup)
         if not parallel.is_main_process():
             return
         png = plot_learning_curve(run_dir)
@@ -65,7 +66,7 @@ def main(argv):
             print(f"held-out accuracy after training:  {after:.3f}")
         print(f"run directory: {run_dir}  (learning curve: {png})")
 
-    return run_entry(_CONFIG.value, _RUN_DIR.value, _RESUME.value, job)
+    return run_entry(_CONFIG.value, _RUN_DIR.value, _RESUME.value, job, build=prepare_setup)
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def test_plain_numbers_never_touch_the_worker(monkeypatch):
     ("\\boxed{ 12 }", "12"),
     ("The answer is $\\boxed 5$.", "5"),
     ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
-    ("earlier \\boxed{4} then a truncated \\boxed{5", "4"),
+    ("earlier \\boxed{4} then a truncated \\boxed{5", "5"),  # an unclosed box: the rest
     ("empty \\boxed{} after \\boxed{9}", "9"),
     ("\\boxed{(1, 2)} is the point", "(1, 2)"),
     ("We get 3 and 4. The answer is 7.", "7"),
@@ -313,9 +313,12 @@ def test_extract_answer_returns_none_when_nothing_is_found(response):
     assert extract_answer(response) is None
 
 
-def test_truncated_box_falls_back_to_the_last_number():
+def test_unclosed_box_takes_the_rest_of_the_text_not_a_later_number():
     assert extract_answer("so \\boxed{12") == "12"
-    assert extract_answer("so \\boxed{12", fallback_last_number=False) is None
+    assert extract_answer("so \\boxed{12", fallback_last_number=False) == "12"
+    assert extract_answer("so \\boxed{\\frac{1}{2}$") == "\\frac{1}{2}"
+    assert extract_answer("so \\boxed{12 because 3 * 4 = 12; check: 13") == \
+        "12 because 3 * 4 = 12; check: 13"
 
 
 def test_extract_answer_without_number_fallback():

@@ -1,20 +1,20 @@
 """experiments/train.py end to end on the tiny config: files, resume, bad configs."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import jax_subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "experiments" / "train.py"), "--config=configs/tiny_cpu.py"]
 
 
 def _run(*args, check=True):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([*TRAIN, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([*TRAIN, *args], cwd=ROOT, env=jax_subprocess_env(), capture_output=True, text=True,
                           timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
@@ -86,9 +86,9 @@ def test_bad_command_line_exits_2_with_one_line(override, named, tmp_path):
 
 
 def _tool(name, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(ROOT / "experiments" / name),
-                           "--config=configs/tiny_cpu.py", *args], cwd=ROOT, env=env,
+                           "--config=configs/tiny_cpu.py", *args], cwd=ROOT,
+                          env=jax_subprocess_env(),
                           capture_output=True, text=True, timeout=600)
 
 

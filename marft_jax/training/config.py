@@ -49,9 +49,13 @@ FIELD_RULES: dict[str, Rule] = {
     **{f"train.{n}": NON_NEGATIVE_INT for n in ("iterations", "eval_every", "checkpoint_every",
                                                 "eval_problems", "eval_batch")},
     **{f"train.{n}": FLAG for n in ("eval_greedy", "eval_sampled", "eval_before")},
+    "train.rollback_after": NON_NEGATIVE_INT, "train.max_rollbacks": NON_NEGATIVE_INT,
+    "faults.iteration": POSITIVE_INT, "faults.agent": NON_NEGATIVE_INT,
+    "faults.count": POSITIVE_INT,
 }
 # Sections whose fields are all known (`model.tiny` may carry any `ModelConfig` field).
-_CLOSED_SECTIONS = ("model", "lora", "team", "task", "rollout", "sampling", "train")
+_CLOSED_SECTIONS = ("model", "lora", "team", "task", "rollout", "sampling", "train",
+                    "faults")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -107,7 +111,14 @@ def base_config() -> ml_collections.ConfigDict:
         eval_batch=0,  # problems per evaluation call; 0 = rollout.num_envs
         checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
         log_every=1,
+        # Non-finite updates: after this many consecutive iterations with a skipped
+        # non-finite step (or a non-finite state), restore the last good checkpoint, fold
+        # a fresh key and continue (0 = never); give up after max_rollbacks of them.
+        rollback_after=3, max_rollbacks=3,
     ))
+    # Fault injection for tests (see training/faults.py): "nan_loss", "inf_grad" or
+    # "nan_critic" at iteration `iteration` (for `count` iterations) and agent `agent`.
+    c.faults = ml_collections.ConfigDict(dict(kind="none", iteration=1, agent=0, count=1))
     return c
 
 
@@ -157,6 +168,8 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
     """
     known = base_config()
     for section in _CLOSED_SECTIONS:
+        if section not in c:
+            continue
         unknown = sorted(set(c[section].keys()) - set(known[section].keys()))
         if unknown:
             _fail(f"{section}.{unknown[0]}", f"is not a {section} setting")
@@ -165,6 +178,8 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
         if value is _MISSING:
             if field.startswith("model.tiny.") and c.model.name != "tiny":
                 continue
+            if field.startswith("faults.") and "faults" not in c:
+                continue  # an optional section
             if field in ("seed",) or not field.startswith("ppo."):
                 _fail(field, "is missing")
             continue  # a PPO field left out takes PPOConfig's default
@@ -213,6 +228,14 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     lora = LoraConfig(num_adapters=num_adapters, rank=c.lora.rank, alpha=float(c.lora.alpha),
                       targets=targets)
 
+    from marft_jax.training.faults import FAULT_KINDS, fault_settings
+
+    faults = fault_settings(c)
+    if faults["kind"] not in FAULT_KINDS:
+        _fail("faults.kind", f"{faults['kind']!r} is not one of {list(FAULT_KINDS)}")
+    if faults["agent"] >= team.num_agents:
+        _fail("faults.agent", f"agent {faults['agent']} does not exist; the team has "
+                              f"{team.num_agents}")
     if c.task.kind not in TASKS:
         _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
     if c.rollout.reward_placement not in PLACEMENTS:

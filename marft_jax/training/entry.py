@@ -70,10 +70,14 @@ def default_run_dir(config: ml_collections.ConfigDict) -> Path:
 
 
 def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bool,
-              job: Callable) -> int:
-    """Finalizes `config`, prepares the run directory and calls `job(experiment, run_dir)`.
+              job: Callable, build: Callable | None = None) -> int:
+    """Finalizes `config`, prepares the run directory and calls `job(experiment, run_dir,
+    built)`.
 
-    A `ConfigError` anywhere becomes one line on stderr and exit code 2.
+    `build(experiment)` (e.g. loading the model and the tasks) runs before anything is
+    written, so a start that fails on bad input leaves no run directory behind (a
+    corrected retry is not refused); `built` is its result (None without `build`). A
+    `ConfigError` anywhere becomes one line on stderr and exit code 2.
     """
     from marft_jax.parallel import is_main_process, plan_for, sync
     from marft_jax.training.config import finalize
@@ -88,10 +92,11 @@ def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bo
         path = Path(run_dir) if run_dir else default_run_dir(config)
         if resume and not (path / "config.json").exists():
             raise ConfigError(f"{path}: no run to resume (config.json is missing)")
+        built = build(exp) if build is not None else None
         if is_main_process():  # multi-process runs: one writer, the others wait for it
             prepare_run_dir(config, path, resume)
         sync("run_dir")
-        job(exp, path)
+        job(exp, path, built)
     except ConfigError as e:
         fail_command_line(str(e))
     return 0

@@ -1,6 +1,7 @@
 """Every shipped config finalizes (profiles and datasets resolve, fields validate)."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,24 @@ def test_unknown_field_of_any_section_is_named():
     config.train.iteratons = 5
     with pytest.raises(ConfigError, match=r"config field 'train\.iteratons'"):
         finalize(config)
+
+
+def test_team_without_a_graded_agent_is_refused(tmp_path):
+    path = tmp_path / "team.json"
+    path.write_text('[{"role": "a", "prompt": "", "with_answer": false}]')
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.team.profiles = str(path)
+    with pytest.raises(ConfigError, match="team.profiles.*with_answer"):
+        finalize(config)
+
+
+def test_team_too_large_for_the_vocabulary_names_the_real_limit(tmp_path):
+    from marft_jax.training.setup import build_setup
+
+    path = tmp_path / "team.json"
+    path.write_text(json.dumps([{"role": f"agent{i}", "prompt": "", "with_answer": i == 7}
+                                for i in range(8)]))
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.team.profiles = str(path)
+    with pytest.raises(ConfigError, match="a team of 8 agents needs 18 token ids"):
+        build_setup(finalize(config))

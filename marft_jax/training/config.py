@@ -214,6 +214,9 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         team = load_team(c.team.profiles)
     except ConfigError as e:
         raise ConfigError(f"config field 'team.profiles': {e}") from None
+    if not any(team.answer_mask):
+        _fail("team.profiles", f"{team.source}: no agent has \"with_answer\": true, so "
+                               "every reward would be 0; mark the agent whose answer is graded")
     if c.team.get("independent", False):
         team = team.independent()
     num_adapters = c.lora.num_adapters

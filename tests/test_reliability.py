@@ -187,6 +187,10 @@ def test_run_dir_leftovers_fewer_iterations_and_changed_fields_are_refused(tmp_p
                                           r"stored 0, given 3"):
         prepare_run_dir(changed, run, resume=True)
     prepare_run_dir(_config(20), run, resume=True)  # more iterations: accepted
+    stored = json.loads((run / "config.json").read_text())
+    del stored["faults"], stored["task"]["grader"]  # a run from before these fields
+    (run / "config.json").write_text(json.dumps(stored))
+    prepare_run_dir(_config(20), run, resume=True)  # left at their defaults: accepted
 
 
 def test_orbax_skipping_a_save_is_an_error(tmp_path):

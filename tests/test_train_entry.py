@@ -14,8 +14,8 @@ TRAIN = [sys.executable, str(ROOT / "experiments" / "train.py"), "--config=confi
 
 
 def _run(*args, check=True):
-    proc = subprocess.run([*TRAIN, *args], cwd=ROOT, env=jax_subprocess_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([*TRAIN, *args], cwd=ROOT, env=jax_subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
     return proc

@@ -88,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
         dataset="gsm8k", train_split="train", eval_split="test",
         # the JAX-native token task (kind == "tokens")
         num_symbols=8,
+        # how math answers are graded: "builtin" (envs/math/grader.py) or "math_verify"
+        # (HF's math-verify, in the same hard-timeout worker; pip install math-verify)
+        grader="builtin",
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         num_envs=8, num_rounds=1, horizon=3, reward_placement="last",
@@ -239,6 +242,16 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     if faults["agent"] >= team.num_agents:
         _fail("faults.agent", f"agent {faults['agent']} does not exist; the team has "
                               f"{team.num_agents}")
+    from marft_jax.envs.math.grader import GRADERS
+
+    if c.task.get("grader", "builtin") not in GRADERS:
+        _fail("task.grader", f"{c.task.grader!r} is not one of {list(GRADERS)}")
+    if c.task.get("grader", "builtin") == "math_verify":
+        import importlib.util
+
+        if importlib.util.find_spec("math_verify") is None:
+            _fail("task.grader", "'math_verify' needs the math-verify package "
+                                 "(pip install math-verify==0.9.0)")
     if c.task.kind not in TASKS:
         _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
     if c.rollout.reward_placement not in PLACEMENTS:

@@ -63,6 +63,24 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}: stored {json.dumps(old)}, given {json.dumps(new)}"]
 
 
+def _base_config() -> ml_collections.ConfigDict:
+    from marft_jax.training.config import base_config
+
+    return base_config()
+
+
+def _with_defaults(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`stored` with the fields it lacks (added to the schema since it was written) set to
+    their defaults, so a run from before a new field resumes when the field is left so."""
+    out = dict(stored)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
+
+
 def prepare_run_dir(config: ml_collections.ConfigDict, path: str | Path,
                     resume: bool) -> Path:
     """Creates (or, with `resume`, reuses) a run directory and records the config.
@@ -85,6 +103,7 @@ def prepare_run_dir(config: ml_collections.ConfigDict, path: str | Path,
             raise ConfigError(f"{path}: already holds a run; pass --resume to continue it or "
                               "choose another --config.train.run_name")
         old, new = json.loads(stored.read_text()), json.loads(text)
+        old = _with_defaults(old, json.loads(config_to_json(_base_config())))
         for tree in (old, new):
             tree["train"].pop("iterations", None)
             tree.pop("mesh", None)

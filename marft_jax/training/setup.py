@@ -115,12 +115,13 @@ def build_setup(exp: Experiment) -> RunSetup:
                               "tokenizer (use task.kind='tokens' with the tiny model)")
         layout = build_layout(team, tokenizer, exp.layout)
         train_problems, heldout_problems = _math_problems(exp)
-        train_task = build_math_task(train_problems, tokenizer)
+        grader = exp.task.get("grader", "builtin")
+        train_task = build_math_task(train_problems, tokenizer, grader=grader)
         train = TaskSplit(train_task.table, train_task.reward_fn(tokenizer, team.answer_mask),
                           train_task)
         heldout = None
         if heldout_problems:
-            h = build_math_task(heldout_problems, tokenizer)
+            h = build_math_task(heldout_problems, tokenizer, grader=grader)
             heldout = TaskSplit(h.table, h.reward_fn(tokenizer, team.answer_mask), h)
         stop, pad = tuple(tokenizer.stop_token_ids), tokenizer.pad_token_id
     problem_tokens = max(train.table.tokens.shape[1],

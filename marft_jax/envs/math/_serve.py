@@ -4,7 +4,8 @@ Protocol, one JSON value a line: after start-up the worker writes ``"ready"`` (o
 ``{"error": message}`` and exits); then for every request ``[prediction, reference]`` read
 from stdin it writes ``true`` or ``false``. Argument 2 picks the comparison: "sympy"
 (``symbolic_equal`` of two normalised answers) or "math_verify" (HF ``math-verify``:
-``verify(parse("\\boxed{reference}"), parse(response))`` on a whole response). The parent process kills it when a reply is late.
+``verify(parse("\\boxed{reference}"), parse(response))`` on a whole response).
+The parent process kills it when a reply is late.
 The address space is capped (argument 1, MiB; 0 = no cap) so a runaway expansion fails with
 MemoryError instead of swapping the machine; after a MemoryError the worker answers
 ``false`` and exits, and the parent starts a fresh one.

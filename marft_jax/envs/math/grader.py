@@ -23,7 +23,9 @@ string, so normalisation never sees a pathological input.
 
 ``grader="math_verify"`` grades with Hugging Face's ``math-verify`` instead (its own
 extraction and equivalence), in a worker process under the same hard timeout, so results
-can be compared with papers that grade with it. Deviations from the reference grader (on purpose): percent variants apply only
+can be compared with papers that grade with it.
+
+Deviations from the reference grader (on purpose): percent variants apply only
 when a percent sign is present (the reference lets ``2`` equal ``200``); two integers must be
 equal exactly (the reference's 1e-4 tolerance lets ``10000`` equal ``10001``); sympy has a
 hard timeout.

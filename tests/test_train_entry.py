@@ -62,6 +62,7 @@ def test_resume_after_interruption_is_bitwise_identical(full_run, tmp_path):
     ("--config.ppo.max_grad_norm=-1", "ppo.max_grad_norm"),  # would flip the gradient
     ("--config.ppo.entropy_coef=nan", "ppo.entropy_coef"),
     ("--config.model.tiny.initializer_range=0", "model.tiny.initializer_range"),
+    ("--config.model.tiny.vocab_size=4", "model.tiny.vocab_size"),  # fails while building
 ])
 def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_path):
     proc = _run(f"--run_dir={tmp_path / 'bad'}", override, check=False)
@@ -69,6 +70,16 @@ def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"'{field}'" in errors[0], proc.stderr[-2000:]
     assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+def test_failed_start_leaves_nothing_so_the_corrected_retry_runs(tmp_path):
+    """A model path that does not load fails before the run directory is written."""
+    run_dir = tmp_path / "retry"
+    proc = _run(f"--run_dir={run_dir}", "--config.model.name=/nonexistent/model",
+                check=False)
+    assert proc.returncode == 2 and "/nonexistent/model" in proc.stderr.splitlines()[-1]
+    assert not run_dir.exists()
+    _run(f"--run_dir={run_dir}", "--config.train.iterations=0")  # the retry is accepted
 
 
 @pytest.mark.parametrize("override, named", [

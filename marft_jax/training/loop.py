@@ -30,10 +30,10 @@ from marft_jax.algorithms.update import make_update
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.trajectory import trim_padding
+from marft_jax.training import faults as fault_lib
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
 from marft_jax.training.config import Experiment
 from marft_jax.training.evaluation import Evaluator
-from marft_jax.training import faults as fault_lib
 from marft_jax.training.run_dir import MetricsWriter, json_safe
 from marft_jax.training.setup import (RunSetup, build_setup, make_team_rollout, sampling_key,
                                       word_counts)

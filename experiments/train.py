@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from marft_jax.training.entry import run_entry  # noqa: E402
+from marft_jax.training.entry import parse_flags, run_entry  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py",
                                           "Experiment config file (get_config()).")
@@ -49,11 +49,12 @@ def main(argv):
                                     _PROCESS_ID.value, auto_detect=_DISTRIBUTED.value)
     if not parallel.is_main_process():
         logging.set_verbosity(logging.WARNING)  # logs and files come from process 0
-    from marft_jax.training.loop import train
+    from marft_jax.training.loop import prepare_setup, train
     from marft_jax.training.plots import plot_learning_curve
 
-    def job(exp, run_dir):
-        summary = train(exp, run_dir, resume=_RESUME.value, stop_after=_STOP_AFTER.value)
+    def job(exp, run_dir, setup):
+        summary = train(exp, run_dir, resume=_RESUME.value, stop_after=_STOP_AFTER.value,
+                        setup=setup)
         if not parallel.is_main_process():
             return
         png = plot_learning_curve(run_dir)
@@ -65,9 +66,9 @@ def main(argv):
             print(f"held-out accuracy after training:  {after:.3f}")
         print(f"run directory: {run_dir}  (learning curve: {png})")
 
-    return run_entry(_CONFIG.value, _RUN_DIR.value, _RESUME.value, job)
+    return run_entry(_CONFIG.value, _RUN_DIR.value, _RESUME.value, job, build=prepare_setup)
 
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -7,6 +7,27 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+_SUBPROCESS_CACHE: list[str] = []
+
+
+def jax_subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's `experiments/*.py` subprocess: the CPU, and a persistent
+    JAX compilation cache shared by every such subprocess of the session (only the first
+    one compiles the tiny config's functions; results are bitwise the same)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not _SUBPROCESS_CACHE:
+        _SUBPROCESS_CACHE.append(tempfile.mkdtemp(prefix="marft_jax_jit_cache_"))
+        atexit.register(shutil.rmtree, _SUBPROCESS_CACHE[0], True)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=_SUBPROCESS_CACHE[0],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.pop("MARFT_JAX_KILL_AT", None)
+    env.update(extra)
+    return env
+
 from marft_jax.models.config import LoraConfig, ModelConfig, RopeConfig  # noqa: E402
 
 

@@ -1,6 +1,7 @@
 """Every shipped config finalizes (profiles and datasets resolve, fields validate)."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,51 @@ def test_independent_team_has_no_dependencies():
     config.team.independent = True
     team = finalize(config).team
     assert team.dependencies == ((), ()) and team.roles == ("first", "second")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("ppo.max_grad_norm", -1.0), ("ppo.entropy_coef", float("nan")),
+    ("ppo.lr_critic", float("inf")), ("ppo.gamma", 1.5), ("ppo.adam_eps", 0.0),
+    ("ppo.target_kl", -0.1), ("ppo.epochs", True), ("sampling.temperature", float("inf")),
+    ("sampling.top_p", float("nan")), ("lora.alpha", float("nan")), ("seed", -1),
+    ("model.tiny.initializer_range", -0.02), ("model.tiny.vocab_size", 0),
+    ("train.eval_sampled", 1), ("train.eval_before", "yes"), ("train.iterations", 2.5),
+])
+def test_every_numeric_field_is_range_checked(field, value):
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    section, _, name = field.rpartition(".")
+    node = config
+    for part in section.split(".") if section else ():
+        node = node[part]
+    with node.ignore_type():
+        node[name] = value
+    with pytest.raises(ConfigError, match=rf"config field '{field}'"):
+        finalize(config)
+
+
+def test_unknown_field_of_any_section_is_named():
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.train.iteratons = 5
+    with pytest.raises(ConfigError, match=r"config field 'train\.iteratons'"):
+        finalize(config)
+
+
+def test_team_without_a_graded_agent_is_refused(tmp_path):
+    path = tmp_path / "team.json"
+    path.write_text('[{"role": "a", "prompt": "", "with_answer": false}]')
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.team.profiles = str(path)
+    with pytest.raises(ConfigError, match="team.profiles.*with_answer"):
+        finalize(config)
+
+
+def test_team_too_large_for_the_vocabulary_names_the_real_limit(tmp_path):
+    from marft_jax.training.setup import build_setup
+
+    path = tmp_path / "team.json"
+    path.write_text(json.dumps([{"role": f"agent{i}", "prompt": "", "with_answer": i == 7}
+                                for i in range(8)]))
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.team.profiles = str(path)
+    with pytest.raises(ConfigError, match="a team of 8 agents needs 18 token ids"):
+        build_setup(finalize(config))

@@ -151,3 +151,16 @@ def test_unreadable_and_unknown_sources(tmp_path):
         load_math_dataset(path)
     with pytest.raises(ConfigError, match="neither a dataset name .* nor an existing file"):
         load_math_dataset(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", "no problem records"),
+    ('[{"problem": "1+1?", "answer": NaN}]', "not an answer"),
+    ('[{"problem": "1+1?", "answer": "nan"}]', "not an answer"),
+    ('[{"problem": "1+1?", "answer": Infinity}]', "not an answer"),
+])
+def test_empty_or_nan_datasets_are_refused(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_math_dataset(path)

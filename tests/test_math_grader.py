@@ -17,6 +17,13 @@ from marft_jax.envs.math.worker import SympyWorker
 
 # (prediction, reference): the same answer written two ways.
 EQUIVALENT = [
+    # forms researchers' graders accept (issue 15)
+    ("eighteen", "18"),
+    ("Twenty-one", "21"),
+    ("\\(42\\)", "42"),
+    ("\\sqrt13", "\\sqrt{13}"),
+    ("6.02 \\times 10^{23}", "6.02e23"),
+    ("6.02\\cdot10^{-5}", "0.0000602"),
     # MATH: fractions and decimals
     ("\\frac{1}{2}", "\\frac12"),
     ("1/2", "\\frac{1}{2}"),
@@ -284,7 +291,7 @@ def test_plain_numbers_never_touch_the_worker(monkeypatch):
     ("\\boxed{ 12 }", "12"),
     ("The answer is $\\boxed 5$.", "5"),
     ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),
-    ("earlier \\boxed{4} then a truncated \\boxed{5", "4"),
+    ("earlier \\boxed{4} then a truncated \\boxed{5", "5"),  # an unclosed box: the rest
     ("empty \\boxed{} after \\boxed{9}", "9"),
     ("\\boxed{(1, 2)} is the point", "(1, 2)"),
     ("We get 3 and 4. The answer is 7.", "7"),
@@ -313,9 +320,12 @@ def test_extract_answer_returns_none_when_nothing_is_found(response):
     assert extract_answer(response) is None
 
 
-def test_truncated_box_falls_back_to_the_last_number():
+def test_unclosed_box_takes_the_rest_of_the_text_not_a_later_number():
     assert extract_answer("so \\boxed{12") == "12"
-    assert extract_answer("so \\boxed{12", fallback_last_number=False) is None
+    assert extract_answer("so \\boxed{12", fallback_last_number=False) == "12"
+    assert extract_answer("so \\boxed{\\frac{1}{2}$") == "\\frac{1}{2}"
+    assert extract_answer("so \\boxed{12 because 3 * 4 = 12; check: 13") == \
+        "12 because 3 * 4 = 12; check: 13"
 
 
 def test_extract_answer_without_number_fallback():
@@ -450,3 +460,51 @@ def test_evaluation_grades_each_role_both_ways():
     np.testing.assert_array_equal(grade_records(records, ["a", "b"], "strict"),
                                   [[1, 0], [0, 0]])
     assert grade_records([], ["a"], "strict").shape == (0, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# issue 15: bounded in-process steps, answer forms, the math-verify backend
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("The answer is eighteen.", "eighteen"),
+    ("Answer：42", "42"),  # a full-width colon
+    ("About 6.02e23 molecules in total.", "6.02e23"),  # e-notation in the last number
+    ("Roughly 1E-5 of them, so 3.", "3"),
+    ("The answer is \\(42\\).", "\\(42\\)"),
+])
+def test_extract_answer_forms(response, expected):
+    assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize("response", [
+    "\\boxed{1" + " " * 100_000 + "2}",  # the percent regex backtracked quadratically here
+    "answer: \n" * 20_000,  # every answer phrase rescanned the rest of the text
+    "x" + " " * 100_000 + "percent",
+    "1" + " " * 50_000 + "degrees and",
+])
+def test_long_runs_grade_without_backtracking(response):
+    # Quadratic time would take minutes; linear takes milliseconds. Only the result is
+    # asserted (no clock on a loaded machine): a hang fails by the suite's time limit.
+    assert grade_answer(response, "12", timeout_s=0.5) in (True, False)
+
+
+def test_overlong_answers_are_compared_as_strings_only(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("an over-long answer reached normalisation")
+    monkeypatch.setattr(grader, "normalize_answer", refuse)
+    long = "x+" * (grader.MAX_ANSWER_CHARS // 2 + 1)
+    assert grade_answer(f"\\boxed{{{long}}}", long)
+    assert not grade_answer(f"\\boxed{{{long}}}", "12" + long)
+
+
+def test_math_verify_backend_grades_in_the_hard_timeout_worker():
+    pytest.importorskip("math_verify")
+    assert grade_answer("So the answer is \\boxed{18}.", "18", grader="math_verify")
+    assert grade_answer("\\boxed{\\frac{1}{2}}", "0.5", grader="math_verify")
+    assert not grade_answer("so 17", "18", grader="math_verify")
+    assert not grade_answer(f"\\boxed{{{PATHOLOGICAL}}}", "1", grader="math_verify",
+                            timeout_s=1.0)  # killed, answered "not equal"
+    assert grade_answer("\\boxed{3}", "3", grader="math_verify")  # a fresh worker answers
+    with pytest.raises(ValueError, match="grader"):
+        grade_answer("3", "3", grader="nope")

@@ -162,9 +162,9 @@ def test_diamond_graph_waves_and_bootstrap():
 
 
 def test_decision_order_differs_from_profile_order():
-    # Profile order: judge, worker_b, worker_a; judge sees both workers, worker_b sees worker_a.
+    # Profile order: referee, worker_b, worker_a; referee sees both workers, worker_b sees worker_a.
     team = team_from_dicts([
-        _profile("judge", depends_on=["worker_a", "worker_b"]),
+        _profile("referee", depends_on=["worker_a", "worker_b"]),
         _profile("worker_b", depends_on=["worker_a"]),
         _profile("worker_a", depends_on=[]),
     ])
@@ -248,9 +248,9 @@ def test_shared_adapters():
     team = team_from_dicts([
         _profile("solver_a", adapter="solver"),
         _profile("solver_b", adapter="solver", depends_on=[]),
-        _profile("judge", depends_on=["solver_a", "solver_b"]),
+        _profile("referee", depends_on=["solver_a", "solver_b"]),
     ])
-    assert team.adapter_names == ("solver", "judge")
+    assert team.adapter_names == ("solver", "referee")
     assert team.num_adapters == 2 < team.num_agents == 3
     assert team.adapter_index == (0, 0, 1)
 
@@ -324,3 +324,25 @@ def test_team_from_dicts_names_source():
         team_from_dicts([_profile("a", with_answer=1)], source="cfg.py")
     with pytest.raises(ConfigError, match="^cfg.py: the top level must be a list"):
         team_from_dicts("a", source="cfg.py")
+
+
+@pytest.mark.parametrize("field, name, reason", [
+    ("role", "../escape", "path syntax"), ("role", "a/b", "path syntax"),
+    ("role", "..", "path syntax"), ("role", "back\\slash", "path syntax"),
+    ("role", "tab\there", "control"), ("role", "zero\u200bwidth", "invisible"),
+    ("role", "Judge", "reserved"), ("role", "user", "reserved"), ("role", " pad", "white"),
+    ("role", "x" * 65, "longer"), ("adapter", "../shared", "path syntax"),
+])
+def test_unusable_role_and_adapter_names_are_refused_with_the_reason(field, name, reason):
+    profile = _profile("solver", with_answer=True, **({field: name} if field == "adapter"
+                                                      else {}))
+    if field == "role":
+        profile["role"] = name
+    with pytest.raises(ConfigError, match=rf"field '{field}' .*{reason}"):
+        team_from_dicts([profile])
+
+
+@pytest.mark.parametrize("first, second", [("Solver", "solver"), ("ﬁnder", "finder")])
+def test_roles_equal_up_to_case_or_unicode_normalisation_are_refused(first, second):
+    with pytest.raises(ConfigError, match="up to case or Unicode normalisation"):
+        team_from_dicts([_profile(first), _profile(second, with_answer=True)])

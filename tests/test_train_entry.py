@@ -1,21 +1,21 @@
 """experiments/train.py end to end on the tiny config: files, resume, bad configs."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import jax_subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "experiments" / "train.py"), "--config=configs/tiny_cpu.py"]
 
 
 def _run(*args, check=True):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([*TRAIN, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([*TRAIN, *args], cwd=ROOT, env=jax_subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
     return proc
@@ -72,6 +72,10 @@ def test_resume_after_interruption_is_bitwise_identical(full_run, tmp_path):
     ("--config.ppo.algorithm=reinforce", "ppo"),
     ("--config.team.profiles=/nonexistent/team.json", "team.profiles"),
     ("--config.lora.num_adapters=1", "lora.num_adapters"),
+    ("--config.ppo.max_grad_norm=-1", "ppo.max_grad_norm"),  # would flip the gradient
+    ("--config.ppo.entropy_coef=nan", "ppo.entropy_coef"),
+    ("--config.model.tiny.initializer_range=0", "model.tiny.initializer_range"),
+    ("--config.model.tiny.vocab_size=4", "model.tiny.vocab_size"),  # fails while building
 ])
 def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_path):
     proc = _run(f"--run_dir={tmp_path / 'bad'}", override, check=False)
@@ -81,10 +85,34 @@ def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_
     assert not (tmp_path / "bad").exists()  # nothing half-written
 
 
+def test_failed_start_leaves_nothing_so_the_corrected_retry_runs(tmp_path):
+    """A model path that does not load fails before the run directory is written."""
+    run_dir = tmp_path / "retry"
+    proc = _run(f"--run_dir={run_dir}", "--config.model.name=/nonexistent/model",
+                check=False)
+    assert proc.returncode == 2 and "/nonexistent/model" in proc.stderr.splitlines()[-1]
+    assert not run_dir.exists()
+    _run(f"--run_dir={run_dir}", "--config.train.iterations=0")  # the retry is accepted
+
+
+@pytest.mark.parametrize("override, named", [
+    ("--config.ppo.lr_actor=abc", "--config.ppo.lr_actor"),  # wrong type
+    ("--config.nonexistent.x=1", "--config.nonexistent.x"),  # unknown section
+    ("--config.ppo.nonexistent=1", "--config.ppo.nonexistent"),  # unknown field
+    ("--config=configs/no_such_config.py", "no_such_config"),
+])
+def test_bad_command_line_exits_2_with_one_line(override, named, tmp_path):
+    proc = _run(f"--run_dir={tmp_path / 'bad'}", override, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0], lines
+    assert not (tmp_path / "bad").exists()
+
+
 def _tool(name, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, str(ROOT / "experiments" / name),
-                           "--config=configs/tiny_cpu.py", *args], cwd=ROOT, env=env,
+                           "--config=configs/tiny_cpu.py", *args], cwd=ROOT,
+                          env=jax_subprocess_env(),
                           capture_output=True, text=True, timeout=600)
 
 

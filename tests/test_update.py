@@ -200,6 +200,39 @@ def test_nan_in_one_agent_is_skipped_and_counted(model, marft_a_update):
     assert int(new.critic_steps) == steps
 
 
+@pytest.fixture(scope="module")
+def faulty_update(model):
+    """The update called with a `fault` argument: its own jit (another program)."""
+    return make_update(model[0], MARFT_A)
+
+
+@pytest.mark.parametrize("kind", ["nan_loss", "inf_grad"])
+def test_injected_fault_skips_only_the_chosen_adapter(model, marft_a_update, faulty_update,
+                                                      kind):
+    """The `fault` argument (tests' fault injection): NaN in adapter 1's loss or +inf in
+    its gradient skips exactly its steps; zeros change nothing (up to float rounding: the
+    program with the argument compiles differently)."""
+    graphdef, base, lora = model
+    traj = make_trajectory(1, rounds=1, agents=2, envs=16, obs_len=5, act_len=1,
+                           target_share=0.5)
+    state = create_train_state(MARFT_A, lora, jax.random.key(0), 64, 2)
+    zeros = (jnp.zeros(2), jnp.zeros(2))
+    poison = jnp.array([0.0, jnp.nan if kind == "nan_loss" else jnp.inf])
+    fault = (poison, zeros[1]) if kind == "nan_loss" else (zeros[0], poison)
+    faulty = faulty_update
+    clean, _ = marft_a_update(state, base, traj, jax.random.key(1))
+    same, _ = faulty(state, base, traj, jax.random.key(1), None, zeros)
+    close = lambda a, b: all(np.allclose(x, y, rtol=1e-5, atol=1e-7) for x, y in zip(a, b))
+    assert close(_leaves(same.lora), _leaves(clean.lora))
+    new, metrics = faulty(state, base, traj, jax.random.key(1), None, fault)
+    steps = MARFT_A.epochs * MARFT_A.num_minibatches
+    np.testing.assert_array_equal(metrics["skipped_nonfinite"], [0, steps])
+    assert _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
+    assert close(_adapter(new.lora, 0), _adapter(clean.lora, 0))
+    for leaf in _leaves(new.lora) + _leaves(new.actor_opt):
+        assert np.all(np.isfinite(leaf))
+
+
 def test_update_raises_target_logprobs_and_compiles_once(model, marft_a_update):
     graphdef, base, lora = model
     rescore = _make_rescorer(graphdef)

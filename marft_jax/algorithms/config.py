@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from marft_jax.errors import ConfigError
+from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
+                                  POSITIVE_INT, UNIT, Rule)
 
 LOGPROB_NORMS = ("sum", "token", "word")
 CRITIC_TRUNKS = ("base", "shared")
@@ -43,6 +45,24 @@ ALGORITHMS = {
 # The reference's approx-KL skip thresholds (REFERENCE §4.5). They are *not* the defaults
 # here: §9.5 notes they silently skip most policy steps (above all the token-level one).
 REFERENCE_TARGET_KL = {"marft_a": 1e-3, "ippo": 1e-3, "grpo": 1e-3, "marft_t": 1.7e-6}
+
+
+# What every numeric / boolean field of `PPOConfig` may hold (finite, with its sign): a
+# negative `max_grad_norm` would flip the gradient (`clip_by_global_norm(-1)`), a NaN
+# coefficient would make every step non-finite.
+PPO_RULES: dict[str, Rule] = {
+    "clip_eps": POSITIVE, "value_clip_eps": Rule(low=0.0, low_open=True, optional=True),
+    "entropy_coef": NON_NEGATIVE, "value_loss_coef": NON_NEGATIVE,
+    "huber_delta": Rule(low=0.0, low_open=True, optional=True), "gamma": UNIT, "lam": UNIT,
+    "token_gamma": Rule(low=0.0, high=1.0, optional=True), "lr_actor": POSITIVE,
+    "lr_critic": POSITIVE, "adam_eps": POSITIVE, "weight_decay": NON_NEGATIVE,
+    "epochs": POSITIVE_INT, "num_minibatches": POSITIVE_INT, "grad_accum_steps": POSITIVE_INT,
+    "max_grad_norm": POSITIVE, "critic_max_grad_norm": POSITIVE,
+    "critic_warmup_samples": NON_NEGATIVE_INT, "agent_iteration_interval": NON_NEGATIVE_INT,
+    "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
+    "advantage_norm_eps": NON_NEGATIVE, "group_size": POSITIVE_INT, "grpo_eps": NON_NEGATIVE,
+    "ippo_own_weight": UNIT, "recompute_old_logprobs": FLAG, "skip_no_signal": FLAG,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,26 +161,22 @@ class PPOConfig:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"ppo config: field 'algorithm' is {self.algorithm!r}; "
                               f"choose from {list(ALGORITHMS)}")
-        object.__setattr__(self, "critic_hidden", tuple(int(w) for w in self.critic_hidden))
+        for name, rule in PPO_RULES.items():
+            problem = rule.problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"ppo config: field {name!r} {problem}")
+        hidden = self.critic_hidden
+        if not isinstance(hidden, (tuple, list)) or any(
+                POSITIVE_INT.problem(w) for w in hidden):
+            raise ConfigError(f"ppo config: field 'critic_hidden' must be a list of positive "
+                              f"integers, got {hidden!r}")
+        object.__setattr__(self, "critic_hidden", tuple(hidden))
         choices = (("logprob_norm", LOGPROB_NORMS), ("critic_trunk", CRITIC_TRUNKS),
                    ("critic_heads", CRITIC_HEADS), ("advantage_norm", ADVANTAGE_NORMS))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ppo config: field {name!r} is {getattr(self, name)!r}; "
                                   f"choose from {list(allowed)}")
-        positive = ("epochs", "num_minibatches", "grad_accum_steps", "group_size")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"ppo config: field {name!r} must be ≥ 1, "
-                                  f"got {getattr(self, name)}")
-        for name in ("critic_warmup_samples", "agent_iteration_interval", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"ppo config: field {name!r} must be ≥ 0, "
-                                  f"got {getattr(self, name)}")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 <= self.lam <= 1.0:
-            raise ConfigError("ppo config: fields 'gamma' and 'lam' must lie in [0, 1]")
-        if self.clip_eps <= 0.0:
-            raise ConfigError(f"ppo config: field 'clip_eps' must be > 0, got {self.clip_eps}")
         if not self.critic_hidden:
             raise ConfigError("ppo config: field 'critic_hidden' needs at least one width")
 

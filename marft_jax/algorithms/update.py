@@ -102,8 +102,12 @@ def make_update(graphdef, config: PPOConfig,
             the whole minibatch (`parallel.Plan.update_options` runs it under `shard_map`).
 
     Returns:
-        `update(state, base, trajectory, key, word_counts=None) -> (state, metrics)`, jitted.
-        `word_counts` `[R, A, E]` is required for `logprob_norm="word"`. `metrics` is a dict
+        `update(state, base, trajectory, key, word_counts=None, fault=None) -> (state,
+        metrics)`, jitted. `word_counts` `[R, A, E]` is required for `logprob_norm="word"`.
+        `fault` (tests: fault injection) is `(loss_add, grad_add)`, two `[NA]` float arrays
+        added to every minibatch's per-adapter policy loss and to every element of each
+        adapter's gradient (0 = no fault; NaN / inf poison that adapter's steps); None
+        (the default) compiles without it. `metrics` is a dict
         of arrays: per agent `[A]` policy_loss, entropy, approx_kl, clip_frac, kl_ref; per
         adapter `[NA]` grad_norm, policy_steps, skipped_nonfinite, skipped_kl,
         skipped_no_signal; scalars
@@ -117,7 +121,7 @@ def make_update(graphdef, config: PPOConfig,
     policy_loss = losses.POLICY_LOSSES[spec.policy_loss]
 
     def update(state: TrainState, base, traj: Trajectory, key: Array,
-               word_counts: Array | None = None):
+               word_counts: Array | None = None, fault: tuple[Array, Array] | None = None):
         traj.check_shapes()
         r, a, e, _ = traj.obs_tokens.shape
         k = traj.action_tokens.shape[-1]
@@ -194,12 +198,18 @@ def make_update(graphdef, config: PPOConfig,
             params = (st.lora, st.critic)
             grads, (terms, vterms) = step_grads(params, ctx, mb, policy_count, value_count)
             lora_grads, critic_grads = grads
+            if fault is not None:
+                lora_grads = jax.tree.map(
+                    lambda g: g + fault[1].reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype),
+                    lora_grads)
 
             norms = optim.adapter_grad_norms(lora_grads)  # [NA]
             to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids,
                                                                 num_adapters)
             adapter_loss = to_adapter(terms.loss - config.entropy_coef * terms.entropy
                                       + config.kl_coef * terms.kl_ref)
+            if fault is not None:
+                adapter_loss = adapter_loss + fault[0]
             finite = jnp.isfinite(norms) & jnp.isfinite(adapter_loss)
             kl = to_adapter(terms.approx_kl) / jnp.maximum(to_adapter(terms.count), 1.0)
             kl_ok = (jnp.ones_like(finite) if config.target_kl is None

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -292,15 +293,70 @@ def _validate_profile(profile: AgentProfile, where: str) -> None:
                           f"got {temp!r}")
 
 
+# Names the observation layouts, the chat templates and the files of a run use for
+# themselves (compared case-insensitively): a role or adapter named so would be confused
+# with them (a "judge" line, a "user" turn, the "answer" field of responses.jsonl).
+RESERVED_NAMES = frozenset({"system", "user", "assistant", "tool", "problem", "judge", "id",
+                            "sample", "answer", "score", "correct"})
+MAX_NAME_CHARS = 64
+
+
+def name_problem(name: str) -> str | None:
+    """Why a role or adapter name cannot be used, or None.
+
+    Names become file and folder names (exported adapters), JSON keys and metric names and
+    are written into every observation, so they must be short, visible, single-line text
+    without path syntax, and not a reserved name.
+    """
+    if len(name) > MAX_NAME_CHARS:
+        return f"is longer than {MAX_NAME_CHARS} characters"
+    if name != name.strip():
+        return "starts or ends with white space"
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+        return "contains path syntax ('/', '\\', '.' or '..')"
+    bad = [c for c in name if unicodedata.category(c)[0] == "C"
+           or unicodedata.category(c) in ("Zl", "Zp")]
+    if bad:
+        return f"contains a control or invisible character (U+{ord(bad[0]):04X})"
+    if name.casefold() in RESERVED_NAMES:
+        return f"is reserved (reserved names: {', '.join(sorted(RESERVED_NAMES))})"
+    return None
+
+
+def _name_key(name: str) -> str:
+    """Names equal up to case and Unicode normalisation share a key."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
 def _validate_roles(profiles: tuple[AgentProfile, ...], source: str) -> None:
-    """Unique roles, and `depends_on` naming only other, known roles, each once."""
+    """Usable names (`name_problem`), unique roles (also up to case and Unicode
+    normalisation), adapter names that differ in more than that, and `depends_on` naming
+    only other, known roles, each once."""
     first: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    adapters: dict[str, str] = {}
     for index, profile in enumerate(profiles):
+        where = _where(source, index, profile.role)
+        for field, name in (("role", profile.role), ("adapter", profile.adapter)):
+            problem = name_problem(name)
+            if problem:
+                raise ConfigError(f"{where}: field {field!r} ({name!r}) {problem}")
         if profile.role in first:
             raise ConfigError(
-                f"{_where(source, index, profile.role)}: field 'role' repeats the role of "
+                f"{where}: field 'role' repeats the role of "
                 f"profile {first[profile.role]}; roles must be unique")
+        key = _name_key(profile.role)
+        if key in keys:
+            raise ConfigError(
+                f"{where}: field 'role' equals the role of profile {keys[key]} up to case or "
+                "Unicode normalisation; roles must be distinct")
+        seen = adapters.setdefault(_name_key(profile.adapter), profile.adapter)
+        if seen != profile.adapter:
+            raise ConfigError(
+                f"{where}: field 'adapter' ({profile.adapter!r}) equals adapter {seen!r} up "
+                "to case or Unicode normalisation (exported folders would clash)")
         first[profile.role] = index
+        keys[key] = index
     for index, profile in enumerate(profiles):
         where = _where(source, index, profile.role)
         for k, dep in enumerate(profile.depends_on or ()):

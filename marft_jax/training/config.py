@@ -10,18 +10,52 @@ typed pieces the run is built from.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import ml_collections
 
-from marft_jax.algorithms.config import PPOConfig
+from marft_jax.algorithms.config import PPO_RULES, PPOConfig
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.layout import LAYOUTS
 from marft_jax.flexmg.rollout import PLACEMENTS, RolloutConfig
 from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig
+from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
+                                  POSITIVE_INT, Rule)
 
 TASKS = ("arithmetic", "dataset", "tokens")
+
+# Range and type of every numeric or boolean field ("section.name"; `ppo.*` from
+# `PPO_RULES`). Checked first, so a NaN, an inf, a wrong sign or a float where an integer
+# belongs is named before anything is built from it.
+FIELD_RULES: dict[str, Rule] = {
+    "seed": NON_NEGATIVE_INT,
+    **{f"model.tiny.{n}": POSITIVE_INT for n in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+        "num_kv_heads", "head_dim")},
+    "model.tiny.initializer_range": POSITIVE,
+    "lora.rank": POSITIVE_INT, "lora.alpha": POSITIVE,
+    "team.independent": FLAG,
+    **{f"task.{n}": POSITIVE_INT for n in ("train_problems", "digits", "terms",
+                                           "num_symbols")},
+    "task.heldout_problems": NON_NEGATIVE_INT, "task.split_seed": NON_NEGATIVE_INT,
+    **{f"rollout.{n}": POSITIVE_INT for n in ("num_envs", "num_rounds", "horizon")},
+    "rollout.obs_tokens": NON_NEGATIVE_INT,
+    "sampling.max_new_tokens": POSITIVE_INT, "sampling.top_k": NON_NEGATIVE_INT,
+    "sampling.temperature": NON_NEGATIVE, "sampling.top_p": Rule(low=0.0, high=1.0,
+                                                                 low_open=True),
+    **{f"ppo.{n}": rule for n, rule in PPO_RULES.items()},
+    **{f"train.{n}": POSITIVE_INT for n in ("keep_checkpoints", "log_every", "eval_samples")},
+    # iterations = 0: evaluate the untrained team only (baselines of a study).
+    **{f"train.{n}": NON_NEGATIVE_INT for n in ("iterations", "eval_every", "checkpoint_every",
+                                                "eval_problems", "eval_batch")},
+    **{f"train.{n}": FLAG for n in ("eval_greedy", "eval_sampled", "eval_before")},
+    "train.rollback_after": NON_NEGATIVE_INT, "train.max_rollbacks": NON_NEGATIVE_INT,
+    "faults.iteration": POSITIVE_INT, "faults.agent": NON_NEGATIVE_INT,
+    "faults.count": POSITIVE_INT,
+}
+# Sections whose fields are all known (`model.tiny` may carry any `ModelConfig` field).
+_CLOSED_SECTIONS = ("model", "lora", "team", "task", "rollout", "sampling", "train",
+                    "faults")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,6 +88,9 @@ def base_config() -> ml_collections.ConfigDict:
         dataset="gsm8k", train_split="train", eval_split="test",
         # the JAX-native token task (kind == "tokens")
         num_symbols=8,
+        # how math answers are graded: "builtin" (envs/math/grader.py) or "math_verify"
+        # (HF's math-verify, in the same hard-timeout worker; pip install math-verify)
+        grader="builtin",
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         num_envs=8, num_rounds=1, horizon=3, reward_placement="last",
@@ -77,7 +114,14 @@ def base_config() -> ml_collections.ConfigDict:
         eval_batch=0,  # problems per evaluation call; 0 = rollout.num_envs
         checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
         log_every=1,
+        # Non-finite updates: after this many consecutive iterations with a skipped
+        # non-finite step (or a non-finite state), restore the last good checkpoint, fold
+        # a fresh key and continue (0 = never); give up after max_rollbacks of them.
+        rollback_after=3, max_rollbacks=3,
     ))
+    # Fault injection for tests (see training/faults.py): "nan_loss", "inf_grad" or
+    # "nan_critic" at iteration `iteration` (for `count` iterations) and agent `agent`.
+    c.faults = ml_collections.ConfigDict(dict(kind="none", iteration=1, agent=0, count=1))
     return c
 
 
@@ -106,12 +150,45 @@ def _fail(field: str, message: str):
     raise ConfigError(f"config field '{field}': {message}")
 
 
-def _check_positive_int(c, section: str, names: tuple[str, ...], allow_zero=False):
-    for name in names:
-        value = c[section][name]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-            _fail(f"{section}.{name}", f"must be an integer {'≥ 0' if allow_zero else '≥ 1'}, "
-                                       f"got {value!r}")
+def _lookup(c: ml_collections.ConfigDict, field: str):
+    """The value at a dotted path, or `_MISSING`."""
+    node = c
+    for part in field.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def check_fields(c: ml_collections.ConfigDict) -> None:
+    """Unknown fields, and `FIELD_RULES` (types, finiteness, signs, ranges).
+
+    Raises:
+        ConfigError: naming the first bad field and the value it holds.
+    """
+    known = base_config()
+    for section in _CLOSED_SECTIONS:
+        if section not in c:
+            continue
+        unknown = sorted(set(c[section].keys()) - set(known[section].keys()))
+        if unknown:
+            _fail(f"{section}.{unknown[0]}", f"is not a {section} setting")
+    for field, rule in FIELD_RULES.items():
+        value = _lookup(c, field)
+        if value is _MISSING:
+            if field.startswith("model.tiny.") and c.model.name != "tiny":
+                continue
+            if field.startswith("faults.") and "faults" not in c:
+                continue  # an optional section
+            if field in ("seed",) or not field.startswith("ppo."):
+                _fail(field, "is missing")
+            continue  # a PPO field left out takes PPOConfig's default
+        problem = rule.problem(value)
+        if problem:
+            _fail(field, problem)
 
 
 def finalize(config: ml_collections.ConfigDict) -> Experiment:
@@ -126,11 +203,9 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     for section in ("model", "lora", "team", "task", "rollout", "sampling", "ppo", "train"):
         if section not in c:
             _fail(section, "section is missing")
+    check_fields(c)
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", f"{c.model.dtype!r} is not one of {list(DTYPES)}")
-    _check_positive_int(c, "lora", ("rank",))
-    if not c.lora.alpha > 0:
-        _fail("lora.alpha", f"must be positive, got {c.lora.alpha!r}")
     targets = tuple(c.lora.targets)
     bad = [t for t in targets if t not in LORA_TARGETS]
     if bad or not targets:
@@ -142,8 +217,9 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         team = load_team(c.team.profiles)
     except ConfigError as e:
         raise ConfigError(f"config field 'team.profiles': {e}") from None
-    if not isinstance(c.team.get("independent", False), bool):
-        _fail("team.independent", f"must be true or false, got {c.team.independent!r}")
+    if not any(team.answer_mask):
+        _fail("team.profiles", f"{team.source}: no agent has \"with_answer\": true, so "
+                               "every reward would be 0; mark the agent whose answer is graded")
     if c.team.get("independent", False):
         team = team.independent()
     num_adapters = c.lora.num_adapters
@@ -158,26 +234,29 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     lora = LoraConfig(num_adapters=num_adapters, rank=c.lora.rank, alpha=float(c.lora.alpha),
                       targets=targets)
 
+    from marft_jax.training.faults import FAULT_KINDS, fault_settings
+
+    faults = fault_settings(c)
+    if faults["kind"] not in FAULT_KINDS:
+        _fail("faults.kind", f"{faults['kind']!r} is not one of {list(FAULT_KINDS)}")
+    if faults["agent"] >= team.num_agents:
+        _fail("faults.agent", f"agent {faults['agent']} does not exist; the team has "
+                              f"{team.num_agents}")
+    from marft_jax.envs.math.grader import GRADERS
+
+    if c.task.get("grader", "builtin") not in GRADERS:
+        _fail("task.grader", f"{c.task.grader!r} is not one of {list(GRADERS)}")
+    if c.task.get("grader", "builtin") == "math_verify":
+        import importlib.util
+
+        if importlib.util.find_spec("math_verify") is None:
+            _fail("task.grader", "'math_verify' needs the math-verify package "
+                                 "(pip install math-verify==0.9.0)")
     if c.task.kind not in TASKS:
         _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
-    _check_positive_int(c, "task", ("train_problems", "digits", "terms", "num_symbols"))
-    _check_positive_int(c, "task", ("heldout_problems", "split_seed"), allow_zero=True)
-    _check_positive_int(c, "rollout", ("num_envs", "num_rounds", "horizon"))
-    _check_positive_int(c, "rollout", ("obs_tokens",), allow_zero=True)
     if c.rollout.reward_placement not in PLACEMENTS:
         _fail("rollout.reward_placement", f"{c.rollout.reward_placement!r} is not one of "
                                           f"{list(PLACEMENTS)}")
-    _check_positive_int(c, "sampling", ("max_new_tokens",))
-    _check_positive_int(c, "sampling", ("top_k",), allow_zero=True)
-    if not (isinstance(c.sampling.temperature, (int, float)) and c.sampling.temperature >= 0):
-        _fail("sampling.temperature", f"must be ≥ 0 (0 = greedy), got {c.sampling.temperature!r}")
-    if not 0 < c.sampling.top_p <= 1:
-        _fail("sampling.top_p", f"must be in (0, 1], got {c.sampling.top_p!r}")
-
-    for name in ("lr_actor", "lr_critic"):
-        value = c.ppo[name]
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            _fail(f"ppo.{name}", f"must be a positive learning rate, got {value!r}")
     ppo_fields = {f.name for f in dataclasses.fields(PPOConfig)}
     unknown = sorted(set(c.ppo.keys()) - ppo_fields)
     if unknown:
@@ -197,10 +276,6 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         _fail("ppo.num_minibatches", f"{ppo.num_minibatches} minibatches need at least as many "
                                      f"envs (rollout.num_envs={c.rollout.num_envs})")
 
-    _check_positive_int(c, "train", ("keep_checkpoints", "log_every", "eval_samples"))
-    # iterations = 0: evaluate the untrained team only (baselines of a study).
-    _check_positive_int(c, "train", ("iterations", "eval_every", "checkpoint_every",
-                                     "eval_problems", "eval_batch"), allow_zero=True)
     mesh = _mesh_section(c)
     max_new = int(c.sampling.max_new_tokens)
     rollout = RolloutConfig(num_rounds=c.rollout.num_rounds, horizon=c.rollout.horizon,

@@ -22,6 +22,38 @@ class _QuietLibraries(logging.Filter):
         return record.levelno > logging.INFO or not any(n in record.pathname for n in self.NOISY)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """`absl.app.run`'s `flags_parser`: a bad command line exits 2 with one line.
+
+    A value that does not convert (`--config.ppo.lr_actor=abc`), an unknown flag or config
+    field (`--config.ppo.nonexistent=1`) or a config file that does not load would
+    otherwise end in absl's usage text (exit 1) or a traceback.
+    """
+    from absl import flags
+
+    try:
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS:  # a config file that failed to load raises on access
+            getattr(flags.FLAGS["config"].value, "keys", None)
+        return rest
+    except flags.Error as e:
+        fail_command_line(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)
+    except (KeyError, AttributeError) as e:  # ml_collections: no such config field
+        name = str(e).strip("'\"")
+        bad = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")
+               and name in a.split("=", 1)[0].split(".")]
+        fail_command_line(f"flag {bad[0] if bad else name}: no config field {name!r}")
+    except Exception as e:  # noqa: BLE001 - a config file that is missing or raises
+        fail_command_line(f"flag --config: {e}")
+    return []  # not reached
+
+
+def fail_command_line(message: str) -> None:
+    """Prints `error: <message>` (one line) and exits with code 2."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 def quiet_library_logs() -> None:
     """Installs `_QuietLibraries` on absl's handler."""
     from absl import logging as absl_logging
@@ -38,10 +70,14 @@ def default_run_dir(config: ml_collections.ConfigDict) -> Path:
 
 
 def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bool,
-              job: Callable) -> int:
-    """Finalizes `config`, prepares the run directory and calls `job(experiment, run_dir)`.
+              job: Callable, build: Callable | None = None) -> int:
+    """Finalizes `config`, prepares the run directory and calls `job(experiment, run_dir,
+    built)`.
 
-    A `ConfigError` anywhere becomes one line on stderr and exit code 2.
+    `build(experiment)` (e.g. loading the model and the tasks) runs before anything is
+    written, so a start that fails on bad input leaves no run directory behind (a
+    corrected retry is not refused); `built` is its result (None without `build`). A
+    `ConfigError` anywhere becomes one line on stderr and exit code 2.
     """
     from marft_jax.parallel import is_main_process, plan_for, sync
     from marft_jax.training.config import finalize
@@ -56,11 +92,11 @@ def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bo
         path = Path(run_dir) if run_dir else default_run_dir(config)
         if resume and not (path / "config.json").exists():
             raise ConfigError(f"{path}: no run to resume (config.json is missing)")
+        built = build(exp) if build is not None else None
         if is_main_process():  # multi-process runs: one writer, the others wait for it
             prepare_run_dir(config, path, resume)
         sync("run_dir")
-        job(exp, path)
+        job(exp, path, built)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail_command_line(str(e))
     return 0

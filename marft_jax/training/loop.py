@@ -30,15 +30,22 @@ from marft_jax.algorithms.update import make_update
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.trajectory import trim_padding
+from marft_jax.training import faults as fault_lib
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
 from marft_jax.training.config import Experiment
 from marft_jax.training.evaluation import Evaluator
-from marft_jax.training.run_dir import MetricsWriter
+from marft_jax.training.run_dir import MetricsWriter, json_safe
 from marft_jax.training.setup import (RunSetup, build_setup, make_team_rollout, sampling_key,
                                       word_counts)
 
 # Phases folded into the root key.
-_INIT_CRITIC, _INIT_GAME, _ROLLOUT, _UPDATE, _EVAL = range(5)
+_INIT_CRITIC, _INIT_GAME, _ROLLOUT, _UPDATE, _EVAL, _ROLLBACK = range(6)
+
+
+def run_key(seed: int, rollbacks: int = 0) -> jax.Array:
+    """The root key of the iterations: the seed's, folded once more after each rollback."""
+    root = jax.random.key(seed)
+    return root if rollbacks == 0 else sampling_key(root, _ROLLBACK, rollbacks)
 
 
 def rollout_metrics(traj) -> dict[str, Any]:
@@ -120,15 +127,56 @@ def load_trained_state(setup: RunSetup, run_dir: str | Path, step: int | None = 
         saved = checkpointer.steps()
         if not saved:
             raise ConfigError(f"{where}: no checkpoint in this run")
-        step = saved[-1] if step is None else step
-        if step not in saved:
+        if step is not None and step not in saved:
             raise ConfigError(f"{where}: no checkpoint at step {step} (saved: {saved})")
-        state, _ = initial_state(setup)
-        restored, _ = checkpointer.restore(step, {"train": state}, _meta(setup, step),
-                                           partial=True)
+        template, _ = initial_state(setup)
+        read = lambda s: checkpointer.restore(s, {"train": template}, _meta(setup, s),
+                                              partial=True)[0]["train"]
+        # An explicit step is read or refused; the latest falls back past broken steps.
+        state, step, failed = checkpointer.restore_newest(read, None if step is None
+                                                          else [step])
+        for bad, reason in failed:
+            logging.warning("checkpoint step %d of %s does not restore (%s); using step %d",
+                            bad, run_dir, reason, step)
     finally:
         checkpointer.close()
-    return restored["train"], step
+    return state, step
+
+
+def prepare_setup(exp: Experiment) -> RunSetup:
+    """`build_setup` and the device checks: everything of a run that can fail on bad
+    input (a model that does not load, a team the vocabulary cannot hold, a mesh that
+    does not fit), done before the run directory is written."""
+    plan = parallel.plan_for(exp.mesh)
+    setup = build_setup(exp)
+    num_envs = exp.config.rollout.num_envs
+    plan.check_envs(num_envs, "rollout.num_envs")
+    plan.check_envs(eval_batch(exp), "train.eval_batch")
+    plan.check_update(exp.ppo, num_envs)
+    return setup
+
+
+def resume_state(setup: RunSetup, checkpointer: RunCheckpointer, run_dir: Path,
+                 plan: parallel.Plan, fingerprint: str):
+    """`(TrainState, GameState, meta, step)` of the newest checkpoint that restores.
+
+    Steps that do not restore (a truncated data file, a missing metadata file) are named
+    in one warning line each and moved to `<run>/corrupt_checkpoints/` (never deleted),
+    and the run continues from the newest good step.
+    """
+    def read(step):
+        return restore_state(setup, checkpointer, step, plan, fingerprint)
+
+    (state, game, meta), step, failed = checkpointer.restore_newest(read)
+    for bad, reason in failed:
+        if parallel.is_main_process():
+            moved = checkpointer.set_aside(bad)
+            logging.warning("checkpoint step %d of %s does not restore (%s); moved it to %s "
+                            "and resumed from step %d", bad, run_dir, reason, moved, step)
+    if failed:
+        parallel.sync("corrupt_checkpoints")
+        checkpointer.manager.reload()
+    return state, game, meta, step
 
 
 def place_setup(setup: RunSetup, plan: parallel.Plan) -> RunSetup:
@@ -179,7 +227,7 @@ def evaluate_team(evaluators: dict[str, Evaluator], setup: RunSetup, lora, step:
 
 
 def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
-          stop_after: int | None = None) -> dict[str, Any]:
+          stop_after: int | None = None, setup: RunSetup | None = None) -> dict[str, Any]:
     """Runs (or resumes) a training run in `run_dir`.
 
     Args:
@@ -187,6 +235,7 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         run_dir: the run directory (config.json already written by the caller).
         resume: continue from the latest checkpoint in `run_dir`.
         stop_after: stop after this many iterations in total (tests: a simulated kill).
+        setup: `prepare_setup(exp)`, when the caller built it already.
 
     Returns:
         A summary: eval metrics before and after, last rollout score, iterations done.
@@ -194,15 +243,10 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     run_dir = Path(run_dir)
     plan = parallel.plan_for(exp.mesh)
     main = parallel.is_main_process()
-    setup = build_setup(exp)
+    setup = setup or prepare_setup(exp)
     team, ppo = exp.team, exp.ppo
-    num_envs = exp.config.rollout.num_envs
-    plan.check_envs(num_envs, "rollout.num_envs")
-    plan.check_envs(eval_batch(exp), "train.eval_batch")
-    plan.check_update(ppo, num_envs)
     fingerprint = base_fingerprint(setup.model_config.to_dict(), setup.base)  # before placing
     setup = place_setup(setup, plan)
-    root = jax.random.key(exp.seed)
     state, game = initial_state(setup, plan)
     temperature = float(exp.sampling["temperature"])
     rollout = plan.jit_rollout(make_team_rollout(setup, setup.train, setup.rollout_config,
@@ -210,18 +254,26 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
                                group_size=problem_group_size(exp))
     update = make_update(setup.graphdef, ppo, team.graph, **plan.update_options(state))
     needs_words = ppo.logprob_norm == "word"
+    faults = fault_lib.fault_settings(exp.config)
 
     checkpointer = RunCheckpointer(run_dir, exp.train["keep_checkpoints"])
     start = 0
     summary: dict[str, Any] = {}
     if resume and checkpointer.latest_step() is not None:
-        start = checkpointer.latest_step()
-        state, game, meta = restore_state(setup, checkpointer, start, plan, fingerprint)
+        state, game, meta, start = resume_state(setup, checkpointer, run_dir, plan,
+                                                fingerprint)
         summary = meta.get("summary", {})
+        if start > exp.train["iterations"]:
+            raise ConfigError(f"config field 'train.iterations': {exp.train['iterations']} is "
+                              f"fewer than the {start} iterations {run_dir} has done")
         if main:
             logging.info("resumed %s at iteration %d", run_dir, start)
-    writer = MetricsWriter(run_dir, resume_step=start + 1 if resume else None) if main else None
+    # Resumed: keep the rows of the steps done (all of them redone without a checkpoint).
+    resume_step = (start + 1 if start else 0) if resume else None
+    writer = MetricsWriter(run_dir, resume_step=resume_step) if main else None
     write = writer.write if main else (lambda *args, **kwargs: None)
+    rollbacks = int(summary.get("rollbacks", 0))
+    root = run_key(exp.seed, rollbacks)
 
     evaluators = make_evaluators(setup, plan)
     if start == 0 and evaluators and exp.train.get("eval_before", True):
@@ -232,8 +284,12 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     total = exp.train["iterations"]
     end = total if stop_after is None else min(total, stop_after)
     times: list[float] = []
-    for it in range(start, end):
+    bad_streak = 0  # consecutive iterations with a non-finite update or state
+    it = start
+    while it < end:
         t0 = time.perf_counter()
+        step = it + 1
+        fault_lib.kill_point("compile", step)
         game, traj = rollout((setup.base, state.lora), game, sampling_key(root, _ROLLOUT, it))
         traj = trim_padding(traj)
         words = None
@@ -241,14 +297,18 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
             actions = traj.replace(action_tokens=plan.fetch(traj.action_tokens),
                                    action_mask=plan.fetch(traj.action_mask))
             words = plan.place_envs(word_counts(setup, actions), axis=2)
+        state = fault_lib.poison_critic(state, faults, step, rollbacks)
+        fault = fault_lib.update_fault(faults, team.adapter_index, step, rollbacks)
         state, metrics = update(state, setup.base, traj, sampling_key(root, _UPDATE, it),
-                                words)
+                                words, *(() if fault is None else (fault,)))
         record = {"rollout": rollout_metrics(traj), "update": metrics}
         record = jax.tree_util.tree_map(plan.fetch, record)
-        step = it + 1
         if bool(np.any(plan.fetch(game.overflow))):
             raise RuntimeError("a game state outgrew its buffer (a bug in the size derivation)")
+        fault_lib.kill_point("update", step)
         times.append(time.perf_counter() - t0)
+        finite = _check_finite(record["update"], state, step, team)
+        bad_streak = 0 if finite else bad_streak + 1
         if exp.train["eval_every"] and step % exp.train["eval_every"] == 0 and step < total:
             record["eval"] = evaluate_team(evaluators, setup, state.lora, step, run_dir,
                                            f"step{step}")
@@ -262,10 +322,24 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
                          record["rollout"]["reward"],
                          float(np.mean(record["update"].get("policy_loss", np.nan))),
                          float(np.mean(record["update"].get("value_loss", np.nan))))
-        if (exp.train["checkpoint_every"] and step % exp.train["checkpoint_every"] == 0) \
-                or step == end:
-            meta = _meta(setup, step, fingerprint) | {"summary": summary}
+        limit = exp.train.get("rollback_after", 0)
+        if limit and bad_streak >= limit:
+            rollbacks += 1
+            if rollbacks > exp.train.get("max_rollbacks", 0):
+                raise RuntimeError(f"{bad_streak} consecutive non-finite updates after "
+                                   f"{rollbacks - 1} rollbacks; giving up at iteration {step}")
+            state, game, it = _roll_back(setup, checkpointer, plan, fingerprint, writer, step)
+            summary["rollbacks"] = rollbacks
+            root, bad_streak = run_key(exp.seed, rollbacks), 0
+            continue
+        # A non-finite update leaves no checkpoint: the last good one is what a rollback
+        # restores (and keep_checkpoints must not rotate it out).
+        if bad_streak == 0 and ((exp.train["checkpoint_every"]
+                                 and step % exp.train["checkpoint_every"] == 0) or step == end):
+            meta = _meta(setup, step, fingerprint) | {"summary": json_safe(summary)}
             checkpointer.save(step, {"train": state, "game": game}, meta)  # every process
+            fault_lib.kill_point("checkpoint", step)
+        it += 1
     checkpointer.close()
     if total == 0 and evaluators:  # evaluation only: the untrained team
         summary["eval_after"] = summary.get("eval_before") or evaluate_team(
@@ -274,8 +348,45 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         summary["eval_after"] = evaluate_team(evaluators, setup, state.lora, total, run_dir,
                                               "after")
         write(total, {"eval": summary["eval_after"]})
+        fault_lib.kill_point("final_eval")
     summary["iterations"] = end
     if main:
         writer.close()
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        (run_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2,
+                                                         allow_nan=False))
     return summary
+
+
+def _check_finite(update_metrics: dict[str, Any], state, step: int, team) -> bool:
+    """Whether an iteration's update was finite; a warning line names what was skipped."""
+    skipped = np.asarray(update_metrics["skipped_nonfinite"])
+    critic_skipped = int(np.asarray(update_metrics["critic_skipped_nonfinite"]))
+    state_ok = fault_lib.state_is_finite(state)
+    if skipped.sum() == 0 and critic_skipped == 0 and state_ok:
+        return True
+    if parallel.is_main_process():
+        adapters = [f"{team.adapter_names[i]} ×{int(n)}" for i, n in enumerate(skipped) if n]
+        logging.warning("iteration %d: non-finite update: steps skipped for adapters [%s], "
+                        "critic steps skipped: %d%s", step, ", ".join(adapters),
+                        critic_skipped, "" if state_ok else "; the state is non-finite")
+    return False
+
+
+def _roll_back(setup: RunSetup, checkpointer: RunCheckpointer, plan: parallel.Plan,
+               fingerprint: str, writer: MetricsWriter | None, step: int):
+    """`(state, game, iteration)` of the last good checkpoint (the initial state without
+    one); metrics rows after it are dropped, as a resume from it would."""
+    checkpointer.wait()
+    good = checkpointer.latest_step()
+    if good is None:
+        state, game = initial_state(setup, plan)
+        good = 0
+    else:
+        state, game, _ = restore_state(setup, checkpointer, good, plan, fingerprint)
+    if writer is not None:
+        writer.rewind(good + 1)
+    if parallel.is_main_process():
+        logging.warning("iteration %d: %d consecutive non-finite updates; rolled back to "
+                        "the checkpoint of step %d with a fresh key", step,
+                        setup.exp.train["rollback_after"], good)
+    return state, game, good

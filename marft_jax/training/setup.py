@@ -63,8 +63,10 @@ def _model(exp: Experiment, vocab_needed: int):
         fields.setdefault("tie_word_embeddings", True)
         cfg = ModelConfig(dtype=exp.dtype, **fields)
         if cfg.vocab_size < vocab_needed:
-            raise ConfigError(f"config field 'model.tiny.vocab_size': the task needs "
-                              f"{vocab_needed} token ids, got {cfg.vocab_size}")
+            raise ConfigError(f"config field 'model.tiny.vocab_size': the token task with "
+                              f"task.num_symbols={exp.task['num_symbols']} and a team of "
+                              f"{exp.team.num_agents} agents needs {vocab_needed} token ids "
+                              f"(symbols + one per agent + 3), got {cfg.vocab_size}")
         graphdef, base, lora = init_model(cfg, exp.lora, seed=exp.seed)
         return cfg, graphdef, base, lora, None, "tiny"
     from marft_jax.models.weights import load_model
@@ -113,12 +115,13 @@ def build_setup(exp: Experiment) -> RunSetup:
                               "tokenizer (use task.kind='tokens' with the tiny model)")
         layout = build_layout(team, tokenizer, exp.layout)
         train_problems, heldout_problems = _math_problems(exp)
-        train_task = build_math_task(train_problems, tokenizer)
+        grader = exp.task.get("grader", "builtin")
+        train_task = build_math_task(train_problems, tokenizer, grader=grader)
         train = TaskSplit(train_task.table, train_task.reward_fn(tokenizer, team.answer_mask),
                           train_task)
         heldout = None
         if heldout_problems:
-            h = build_math_task(heldout_problems, tokenizer)
+            h = build_math_task(heldout_problems, tokenizer, grader=grader)
             heldout = TaskSplit(h.table, h.reward_fn(tokenizer, team.answer_mask), h)
         stop, pad = tuple(tokenizer.stop_token_ids), tokenizer.pad_token_id
     problem_tokens = max(train.table.tokens.shape[1],
@@ -137,6 +140,13 @@ def build_setup(exp: Experiment) -> RunSetup:
         raise ConfigError(f"config field 'rollout.obs_tokens': {obs_tokens} is too small; "
                           f"the longest observation of this team, task and horizon is "
                           f"{needed} tokens (0 = derive it)")
+    context = cfg.max_position_embeddings
+    if obs_tokens + k > context:  # the real limit on a team's size for a given model
+        raise ConfigError(f"config field 'team.profiles': with a team of {team.num_agents} "
+                          f"agents an observation is up to {obs_tokens} tokens, plus {k} "
+                          f"generated, more than the model's context of {context} tokens; "
+                          "use fewer agents, a shorter rollout.horizon or "
+                          "sampling.max_new_tokens")
     rollout_config = dataclasses.replace(exp.rollout, pad_id=pad, obs_tokens=obs_tokens)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling["top_k"],
                             top_p=exp.sampling["top_p"], stop_token_ids=stop,

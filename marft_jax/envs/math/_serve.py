@@ -2,7 +2,10 @@
 
 Protocol, one JSON value a line: after start-up the worker writes ``"ready"`` (or
 ``{"error": message}`` and exits); then for every request ``[prediction, reference]`` read
-from stdin it writes ``true`` or ``false``. The parent process kills it when a reply is late.
+from stdin it writes ``true`` or ``false``. Argument 2 picks the comparison: "sympy"
+(``symbolic_equal`` of two normalised answers) or "math_verify" (HF ``math-verify``:
+``verify(parse("\\boxed{reference}"), parse(response))`` on a whole response).
+The parent process kills it when a reply is late.
 The address space is capped (argument 1, MiB; 0 = no cap) so a runaway expansion fails with
 MemoryError instead of swapping the machine; after a MemoryError the worker answers
 ``false`` and exits, and the parent starts a fresh one.
@@ -34,14 +37,30 @@ def _write(value) -> None:
     sys.stdout.flush()
 
 
+def _comparison(backend: str):
+    """`compare(prediction, reference) -> bool` of a backend, imported now."""
+    if backend == "math_verify":
+        from math_verify import parse, verify
+
+        def compare(response: str, reference: str) -> bool:
+            # The parent's hard timeout bounds the call; math-verify's own (signal-based)
+            # timeouts are switched off.
+            gold = parse(f"\\boxed{{{reference}}}", parsing_timeout=None)
+            answer = parse(response, parsing_timeout=None)
+            return bool(verify(gold, answer, timeout_seconds=None))
+        return compare
+    from marft_jax.envs.math.symbolic import symbolic_equal
+
+    return symbolic_equal
+
+
 def main(argv: list[str]) -> int:
     """Serve comparison requests until stdin closes."""
     try:
         import warnings
 
         warnings.simplefilter("ignore")
-        from marft_jax.envs.math.symbolic import symbolic_equal
-
+        compare = _comparison(argv[2] if len(argv) > 2 else "sympy")
         _limit_memory(int(argv[1]) if len(argv) > 1 else 0)
     except Exception as error:  # report any start-up failure to the parent, then stop
         _write({"error": f"{type(error).__name__}: {error}"})
@@ -51,7 +70,7 @@ def main(argv: list[str]) -> int:
     for line in sys.stdin:
         try:
             prediction, reference = json.loads(line)
-            _write(bool(symbolic_equal(str(prediction), str(reference))))
+            _write(bool(compare(str(prediction), str(reference))))
         except MemoryError:
             _write(False)
             return 1

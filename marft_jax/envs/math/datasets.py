@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -119,10 +120,14 @@ def load_math_dataset(name_or_path: str | os.PathLike, split: str = "test", *,
 
     Raises:
         ConfigError: naming the file and the record (index or JSONL line) and field, when a
-            file cannot be read or a record lacks a usable ``problem`` or answer.
+            file cannot be read, holds no records, or a record lacks a usable ``problem`` or
+            answer (a NaN or infinite answer is not one).
     """
     path, label = resolve_dataset_path(name_or_path, split, data_root=data_root)
-    problems = [_to_problem(record, index, path, label) for index, record in _read_records(path)]
+    records = _read_records(path)
+    if not records:
+        raise ConfigError(f"{path}: the dataset holds no problem records")
+    problems = [_to_problem(record, index, path, label) for index, record in records]
     if skip_unanswerable:
         problems = [problem for problem in problems if normalize_answer(problem.answer)]
     return problems
@@ -170,6 +175,9 @@ def _to_problem(record: object, index: int, path: Path, label: str) -> MathProbl
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise ConfigError(f"{where}: field {field!r} must be a string or a number, "
                           f"got {type(raw).__name__}")
+    if isinstance(raw, float) and not math.isfinite(raw) or \
+            isinstance(raw, str) and raw.strip().lower() in ("nan", "-nan", "+nan"):
+        raise ConfigError(f"{where}: field {field!r} is {raw!r}, not an answer")
     answer = extract_reference(str(raw))
     identifier = next((record[name] for name in _ID_FIELDS if name in record), None)
     identifier = str(identifier) if identifier is not None else f"{label}/{index}"

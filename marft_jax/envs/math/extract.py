@@ -1,9 +1,13 @@
 """Answer extraction: the final answer of a model response, and the ground truth of a record.
 
-A response's answer is, in order of preference: the content of its last well-formed
-``\\boxed{...}`` (or ``\\fbox{...}``); else what follows its last "the answer is" / "final answer
-is" / "Answer:" phrase (up to the end of that sentence); else, optionally, its last number.
+A response's answer is, in order of preference: the content of its last ``\\boxed{...}`` (or
+``\\fbox{...}``; a box that is never closed, as in a truncated response, gives the rest of
+the text); else what follows its last "the answer is" / "final answer is" / "Answer:" phrase
+(up to the end of that sentence); else, optionally, its last number (``6.02e23`` included).
 The extracted text is raw: normalisation belongs to the grader.
+
+Every function here runs in time linear in the text (no regex backtracks over a run of
+characters once per position), so extraction needs no timeout.
 """
 
 from __future__ import annotations
@@ -16,23 +20,27 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 # "final answer is", "the answer is", "answer:", "answer =", and the Chinese "答案是/为/：".
 _PHRASE_RE = re.compile(
-    r"(?:final\s+answer|\banswer)\s*(?:is\b\s*:?|:|=)|答案\s*(?:是|为|:|：)", re.IGNORECASE)
-_HOPE_RE = re.compile(r"\s+I\s+hope\b", re.IGNORECASE)
+    r"(?:final\s+answer|\banswer)\s*(?:is\b\s*[:：]?|[:：]|=)|答案\s*(?:是|为|:|：)",
+    re.IGNORECASE)
+# `(?<!\s)`: a match starts at the beginning of a run of spaces, never inside it (else the
+# search backtracks over the run once per position: quadratic time on long runs).
+_HOPE_RE = re.compile(r"(?<!\s)\s+I\s+hope\b", re.IGNORECASE)
 
 # A number not glued to a word: optional sign, thousands groups or plain digits, decimals,
-# and an optional "/denominator" (3/4).
+# and an optional "/denominator" (3/4) or exponent (6.02e23, 1E-5).
 _NUMBER_RE = re.compile(
-    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\d])"
-    r"|(?<![\w.])-?\.\d+")
+    r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+(?![\w.])|/\d+)?"
+    r"(?![\d])|(?<![\w.])-?\.\d+")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``.
 
     Braces are matched, so nested groups (``\\boxed{\\frac{1}{2}}``) are kept whole. The
     space form ``\\boxed 5`` gives the following word. A last box that is never closed (a
-    truncated response) or empty is skipped in favour of an earlier one.
+    truncated response) gives the rest of the text (not an earlier box, nor a later
+    number); an empty one is skipped in favour of an earlier one.
 
     Returns:
         The box content, stripped, or None if there is no usable box.
@@ -54,9 +62,11 @@ def _box_content(text: str, start: int) -> str | None:
             # "\boxed 5$" or "\boxed 5." (TeX's one-token argument, written as a word).
             word = re.match(r"[^\s$]+", text[index:])
             return word.group(0).rstrip(".") if word else None
-    close = closing_brace(text, index)
-    if close is None:
+    if index >= len(text) or text[index] != "{":
         return None
+    close = closing_brace(text, index)
+    if close is None:  # never closed: the rest of the text
+        return text[index + 1:].strip().rstrip("$").strip() or None
     return text[index + 1:close].strip() or None
 
 
@@ -79,10 +89,11 @@ def answer_phrase(text: str) -> str | None:
 
 
 def _sentence(rest: str) -> str:
-    """The first sentence of ``rest``, cut at depth 0 (see ``answer_phrase``)."""
-    hope = _HOPE_RE.search(rest)
-    if hope:
-        rest = rest[:hope.start()]
+    """The first sentence of ``rest``, cut at depth 0 (see ``answer_phrase``).
+
+    "I hope" is looked for inside the sentence only (the same cut as searching all of
+    ``rest`` first), so a text with many answer phrases is scanned in linear time.
+    """
     depth = 0
     in_math = False
     end = len(rest)
@@ -103,6 +114,9 @@ def _sentence(rest: str) -> str:
         elif char == "," and after.isspace() and depth <= 0 and not in_math:
             end = index
             break
+    hope = _HOPE_RE.search(rest, 0, end)
+    if hope:
+        end = hope.start()
     return rest[:end].strip().strip("*").strip().rstrip(".").strip()
 
 

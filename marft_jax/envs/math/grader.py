@@ -16,7 +16,16 @@ Order of checks (the first that decides wins):
    hard timeout; a timeout means "not equal".
 
 Steps 1-5 run in-process and never touch sympy, so plain-number answers grade in
-microseconds. Deviations from the reference grader (on purpose): percent variants apply only
+microseconds. Every in-process step is bounded too: extraction is linear in the response,
+a response is read from its last ``MAX_RESPONSE_CHARS`` characters and an extracted answer
+longer than ``MAX_ANSWER_CHARS`` (after collapsing runs of spaces) is only compared as a
+string, so normalisation never sees a pathological input.
+
+``grader="math_verify"`` grades with Hugging Face's ``math-verify`` instead (its own
+extraction and equivalence), in a worker process under the same hard timeout, so results
+can be compared with papers that grade with it.
+
+Deviations from the reference grader (on purpose): percent variants apply only
 when a percent sign is present (the reference lets ``2`` equal ``200``); two integers must be
 equal exactly (the reference's 1e-4 tolerance lets ``10000`` equal ``10001``); sympy has a
 hard timeout.
@@ -35,10 +44,13 @@ from marft_jax.envs.math.extract import extract_answer
 from marft_jax.envs.math.latex_text import split_top_level, wrapped_by_brackets
 from marft_jax.envs.math.normalize import (has_percent, is_integer_text, normalize_answer,
                                            parse_number)
-from marft_jax.envs.math.worker import default_worker
+from marft_jax.envs.math.worker import default_worker, math_verify_worker
 
 REL_TOL = 1e-4
 DEFAULT_TIMEOUT_S = 2.0
+MAX_RESPONSE_CHARS = 100_000
+MAX_ANSWER_CHARS = 1_000
+GRADERS = ("builtin", "math_verify")
 _CHOICE_RE = re.compile(r"\(?([A-E])\)?")
 _MATRIX_RE = re.compile(
     r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^{}]*\})?(?P<body>.*)\\end\{\1\}", re.DOTALL)
@@ -62,6 +74,9 @@ def math_equal(prediction: str | None, reference: str, *,
     """
     if prediction is None or reference is None:
         return False
+    prediction, reference = " ".join(prediction.split()), " ".join(reference.split())
+    if len(prediction) > MAX_ANSWER_CHARS or len(reference) > MAX_ANSWER_CHARS:
+        return bool(reference) and prediction == reference
     pred, ref = normalize_answer(prediction), normalize_answer(reference)
     if not ref:
         return False
@@ -222,7 +237,8 @@ SCORINGS = {"lenient": {}, "strict": {"boxed_only": True}}
 
 
 def grade_answer(response: str, reference: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 fallback_last_number: bool = True, scoring: str = "lenient") -> bool:
+                 fallback_last_number: bool = True, scoring: str = "lenient",
+                 grader: str = "builtin") -> bool:
     """Extract the answer of ``response`` and compare it with ``reference``.
 
     Args:
@@ -230,11 +246,33 @@ def grade_answer(response: str, reference: str, *, timeout_s: float = DEFAULT_TI
         reference: the ground-truth answer (as ``MathProblem.answer``).
         timeout_s: see ``math_equal``.
         fallback_last_number: see ``extract.extract_answer``.
-        scoring: a name in ``SCORINGS``.
+        scoring: a name in ``SCORINGS`` (builtin grader).
+        grader: a name in ``GRADERS``: "builtin" (this module) or "math_verify" (HF's
+            ``math-verify``: ``verify(parse("\\boxed{reference}"), parse(response))`` in a
+            worker process killed after ``timeout_s``; a timeout means "not equal").
     """
-    prediction = extract_answer(response, fallback_last_number=fallback_last_number,
+    if grader == "math_verify":
+        return math_verify_equal(response, reference, timeout_s=timeout_s)
+    if grader != "builtin":
+        raise ValueError(f"grader {grader!r} is not one of {list(GRADERS)}")
+    prediction = extract_answer(response[-MAX_RESPONSE_CHARS:],
+                                fallback_last_number=fallback_last_number,
                                 **SCORINGS[scoring])
     return math_equal(prediction, reference, timeout_s=timeout_s)
+
+
+def math_verify_equal(response: str, reference: str, *,
+                      timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """HF ``math-verify``'s verdict on a whole response, under a hard timeout.
+
+    Raises:
+        WorkerStartError: ``math-verify`` is not installed (pip install math-verify==0.9.0).
+    """
+    if not response or not reference:
+        return False
+    answer = math_verify_worker().compare(response[-MAX_RESPONSE_CHARS:], reference,
+                                          timeout_s)
+    return bool(answer)
 
 
 def grade_responses(responses: Sequence[str], references: Sequence[str], *,

@@ -17,20 +17,24 @@ import re
 from fractions import Fraction
 
 from marft_jax.envs.math.latex_text import command_argument, find_commands, unwrap_command
+from marft_jax.envs.math.number_words import parse_number_words
 
 _SIZING_RE = re.compile(
     r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg|displaystyle|"
     r"textstyle)(?![a-zA-Z])")
 _SPACING_RE = re.compile(r"(?<!\\)\\[,!;:> ]|\\quad(?![a-zA-Z])|\\qquad(?![a-zA-Z])|~")
 _DEGREE_RE = re.compile(
-    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])|°|\s+degrees?\b")
-_PERCENT_RE = re.compile(r"\\%|%|\s*\bpercent\b")
+    r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])|°"
+    r"|(?<!\s)\s+degrees?\b")
+# `(?<!\s)` before a leading `\s*` / `\s+`: a match starts at the beginning of a run of
+# spaces, not at every position inside it (quadratic backtracking on long runs).
+_PERCENT_RE = re.compile(r"\\%|%|(?<!\s)\s*\bpercent\b")
 _TEXT_COMMANDS = ("text", "textrm", "textbf", "textit", "textnormal", "mbox", "mathrm",
                   "mathbf", "mathit", "boldsymbol", "operatorname")
 _TRAILING_TEXT_RE = re.compile(
     r"^(?P<body>.*\S)\s*\\(?:text|textrm|textnormal|mbox|mathrm)\s*\{[^{}]*\}"
     r"(?:\s*\^\s*(?:\{\s*\d\s*\}|\d))?\s*\.?$", re.DOTALL)
-_AND_RE = re.compile(r"\\text\s*\{\s*and\s*\}|\s+and\s+")
+_AND_RE = re.compile(r"\\text\s*\{\s*and\s*\}|(?<!\s)\s+and\s+")
 _NUMBER_TEXT = r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
 _UNIT_WORD_RE = re.compile(
     rf"^(?P<number>{_NUMBER_TEXT})(?P<unit>(?:\s+[a-zA-Z]{{2,}}|\s*[^\x00-\x7f]+)"
@@ -44,6 +48,10 @@ _INFINITY_RE = re.compile(r"\\inf(?:ty)?(?![a-zA-Z])|\binfinity\b|\binf\b")
 _SLASH_FRACTION_RE = re.compile(r"(-?)(\d+)/(\d+)")
 _LEADING_POINT_RE = re.compile(r"(?<![\d}])\.(\d)")
 _SPACE_RE = re.compile(r"\s+")
+_MATH_DELIMITERS_RE = re.compile(r"(?<!\\)\\[()\[\]]")
+# 6.02 \times 10^{23}, 6.02\cdot10^23, 6.02 × 10^-5 (after spaces are removed).
+_SCIENTIFIC_RE = re.compile(
+    r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))(?:\\times|\\cdot|×|\*)10\^(?:\{([-+]?\d+)\}|([-+]?\d+))")
 _COMMAND_END_RE = re.compile(r"\\[a-zA-Z]+$")
 
 _PLAIN_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d{1,3})?")
@@ -70,7 +78,11 @@ def normalize_answer(text: str) -> str:
         The normalised answer (possibly empty).
     """
     s = text.replace("\n", " ").strip()
+    words = parse_number_words(s)
+    if words is not None:  # "eighteen" -> "18"
+        return str(words)
     s = s.replace("\\$", "").replace("$", "")
+    s = _MATH_DELIMITERS_RE.sub("", s)  # \( 42 \), \[ 42 \]
     s = s.replace("{,}", ",").replace("\\{", "{").replace("\\}", "}")
     s = _BRACED_THOUSANDS_RE.sub(lambda match: "{" + match.group(1).replace(",", "") + "}", s)
     s = _SPACING_RE.sub(" ", s)
@@ -86,6 +98,7 @@ def normalize_answer(text: str) -> str:
     s = _LHS_RE.sub("", s, count=1) if s.count("=") <= 1 else s
     s = _strip_unit_words(s.strip())
     s = _remove_spaces(s)
+    s = _SCIENTIFIC_RE.sub(lambda m: f"{m.group(1)}e{m.group(2) or m.group(3)}", s)
     s = re.sub(r",+", ",", s).strip(",")
     if _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
@@ -145,6 +158,12 @@ def _fix_shorthand_arguments(s: str, name: str, count: int) -> str:
                 continue
             index = close + 1
         head = s[:index]
+        if name == "sqrt" and s[index:index + 1].isdigit():  # \sqrt13 is read as \sqrt{13}
+            end = index
+            while end < len(s) and s[end].isdigit():
+                end += 1
+            s = head + f"{{{s[index:end]}}}" + s[end:]
+            continue
         arguments = []
         for _ in range(count):
             argument = command_argument(s, index)

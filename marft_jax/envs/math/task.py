@@ -33,10 +33,12 @@ class MathTask:
     Attributes:
         problems: the problems, indexed like the table's rows.
         table: `ProblemTable` with `[P, Lp]` tokens.
+        grader: a name in `grader.GRADERS` ("builtin" or "math_verify").
     """
 
     problems: tuple[MathProblem, ...]
     table: ProblemTable
+    grader: str = "builtin"
 
     def grade(self, tokenizer: TextCodec, answer_mask: Sequence[bool], problem_ids: np.ndarray,
               actions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -57,7 +59,8 @@ class MathTask:
                 continue
             for e, pid in enumerate(problem_ids):
                 text = tokenizer.decode(actions[i, e, :lengths[i, e]], skip_special_tokens=True)
-                correct[i, e] = float(grade_answer(text, self.problems[int(pid)].answer))
+                correct[i, e] = float(grade_answer(text, self.problems[int(pid)].answer,
+                                                   grader=self.grader))
         return correct
 
     def reward_fn(self, tokenizer: TextCodec, answer_mask: Sequence[bool]):
@@ -67,7 +70,8 @@ class MathTask:
 
 
 def build_math_task(problems: Sequence[MathProblem], tokenizer: TextCodec,
-                    max_problem_tokens: int | None = None) -> MathTask:
+                    max_problem_tokens: int | None = None,
+                    grader: str = "builtin") -> MathTask:
     """Tokenises `problems` into a table.
 
     Raises:
@@ -86,4 +90,4 @@ def build_math_task(problems: Sequence[MathProblem], tokenizer: TextCodec,
         tokens[i, :len(r)] = r
     table = ProblemTable(tokens=jnp.asarray(tokens),
                          lengths=jnp.asarray([len(r) for r in rows], jnp.int32))
-    return MathTask(problems=tuple(problems), table=table)
+    return MathTask(problems=tuple(problems), table=table, grader=grader)

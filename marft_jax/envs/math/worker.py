@@ -35,7 +35,8 @@ class WorkerStartError(RuntimeError):
 
 
 class SympyWorker:
-    """One child process answering ``symbolic_equal`` requests, restarted after a timeout.
+    """One child process answering ``symbolic_equal`` requests (or, with ``backend=
+    "math_verify"``, ``math_verify.verify`` on a response), restarted after a timeout.
 
     Thread-safe: calls are serialised with a lock. Safe across ``fork``: a forked parent
     starts its own child instead of sharing the pipes.
@@ -45,8 +46,10 @@ class SympyWorker:
         restarts: how many times a child was killed or found dead and replaced.
     """
 
-    def __init__(self, memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB):
+    def __init__(self, memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
+                 backend: str = "sympy"):
         self.memory_limit_mb = memory_limit_mb
+        self.backend = backend
         self.restarts = 0
         self._process: subprocess.Popen | None = None
         self._owner_pid = os.getpid()
@@ -107,7 +110,8 @@ class SympyWorker:
             [str(_PROJECT_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "marft_jax.envs.math._serve", str(self.memory_limit_mb)],
+                [sys.executable, "-m", "marft_jax.envs.math._serve", str(self.memory_limit_mb),
+                 self.backend],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=env, bufsize=0, close_fds=True)
         except OSError as error:
@@ -172,15 +176,19 @@ class SympyWorker:
                 pass
 
 
-_DEFAULT_WORKER: SympyWorker | None = None
+_WORKERS: dict[str, SympyWorker] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
-def default_worker() -> SympyWorker:
-    """The process-wide worker used by the grader (created on first use)."""
-    global _DEFAULT_WORKER
+def default_worker(backend: str = "sympy") -> SympyWorker:
+    """The process-wide worker of a backend used by the grader (created on first use)."""
     with _DEFAULT_LOCK:
-        if _DEFAULT_WORKER is None:
-            _DEFAULT_WORKER = SympyWorker()
-            atexit.register(_DEFAULT_WORKER.close)
-        return _DEFAULT_WORKER
+        if backend not in _WORKERS:
+            _WORKERS[backend] = SympyWorker(backend=backend)
+            atexit.register(_WORKERS[backend].close)
+        return _WORKERS[backend]
+
+
+def math_verify_worker() -> SympyWorker:
+    """The process-wide ``math-verify`` worker (imports it once, at start-up)."""
+    return default_worker("math_verify")

@@ -70,7 +70,7 @@ class Evaluator:
 
     def run(self, lora, key: jax.Array, limit: int | None = None,
             responses_path: str | Path | None = None,
-            progress: bool = False) -> dict[str, Any]:
+            progress: bool = False, base=None) -> dict[str, Any]:
         """Plays every problem (or the first `limit`) `samples` times.
 
         Args:
@@ -79,6 +79,8 @@ class Evaluator:
             limit: evaluate only the first `limit` problems.
             responses_path: write every response (JSON lines) here (math tasks).
             progress: log problems done, elapsed time and an ETA after every call.
+            base: the base weights to run (default: the setup's); one compiled evaluation
+                then serves runs whose configs differ only in the seed.
 
         Returns:
             metrics: `accuracy`, `accuracy/<role>` per answering agent, `pass@k` for each
@@ -86,6 +88,7 @@ class Evaluator:
             for each of `grader.SCORINGS` (mean over samples and answering agents).
         """
         setup, team = self.setup, self.setup.exp.team
+        base = setup.base if base is None else base
         p = self.split.num_problems if limit is None else min(limit, self.split.num_problems)
         chunks = math.ceil(p / self.batch)
         answering = [i for i, a in enumerate(team.answer_mask) if a]
@@ -102,9 +105,9 @@ class Evaluator:
                                  None, order=order)
                 k = jax.random.fold_in(jax.random.fold_in(key, s), c)
                 if self.plan is None:
-                    _, traj = self._rollout((setup.base, lora), game, k)
+                    _, traj = self._rollout((base, lora), game, k)
                 else:
-                    _, traj = self._rollout((setup.base, lora), self.plan.place_game(game), k)
+                    _, traj = self._rollout((base, lora), self.plan.place_game(game), k)
                     traj = self.plan.fetch_tree(traj)
                 ids = np.asarray(game.problem_id)
                 real = np.arange(self.batch) + c * self.batch < p

@@ -203,8 +203,9 @@ def make_evaluators(setup: RunSetup, plan: parallel.Plan | None = None
 
 def evaluate_team(evaluators: dict[str, Evaluator], setup: RunSetup, lora, step: int,
                   run_dir: Path | None, tag: str) -> dict[str, Any] | None:
-    """Runs `make_evaluators`' evaluations: the main one's metrics, with the sampled one's
-    nested under "sampled"; responses go to `run_dir/responses_<tag>[_sampled].jsonl`."""
+    """Runs `make_evaluators`' evaluations of `setup`'s team (its base, seed and limits) with
+    `lora`: the main one's metrics, with the sampled one's nested under "sampled"; responses
+    go to `run_dir/responses_<tag>[_sampled].jsonl`. The evaluators may be another seed's."""
     if not evaluators:
         return None
     key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
@@ -214,7 +215,7 @@ def evaluate_team(evaluators: dict[str, Evaluator], setup: RunSetup, lora, step:
         suffix = f"_{name}" if name else ""
         path = run_dir / f"responses_{tag}{suffix}.jsonl" if (main and run_dir) else None
         out = evaluator.run(lora, key, limit=setup.exp.train["eval_problems"],
-                            responses_path=path, progress=main)
+                            responses_path=path, progress=main, base=setup.base)
         if main:
             logging.info("eval %s%s (step %d): %s", tag, suffix, step,
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

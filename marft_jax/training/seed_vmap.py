@@ -100,9 +100,9 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
     """
     _check_same_but_seed(exps)
     setups = [build_setup(e) for e in exps]
-    evaluators = [make_evaluators(s) for s in setups]
+    evaluators = make_evaluators(setups[0])  # compiled once: the seeds differ in data only
     states, games = zip(*(initial_state(s) for s in setups))
-    evaluate = lambda i, lora, step, tag: evaluate_team(evaluators[i], setups[i], lora, step,
+    evaluate = lambda i, lora, step, tag: evaluate_team(evaluators, setups[i], lora, step,
                                                         None, tag)
     befores = [evaluate(i, st.lora, 0, "before") if setups[i].exp.train["eval_before"] or
                not setups[i].exp.train["iterations"] else None for i, st in enumerate(states)]

@@ -91,6 +91,8 @@ class TestSuite:
             every test after it).
     """
 
+    __test__ = False  # not a pytest test class
+
     preamble: str
     steps: tuple[tuple[bool, str], ...]
 

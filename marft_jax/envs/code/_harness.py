@@ -63,7 +63,7 @@ def leave_network():
 
 
 # Imported before privileges are dropped: as nobody, a stdlib under a private directory
-# (e.g. /root/.pyenv) cannot be read, so only these (and what they import) are available.
+# (e.g. a Python installed under root's home) cannot be read, so only these (and what they import) are available.
 PRELOAD = ("math", "cmath", "random", "re", "string", "collections", "collections.abc",
            "itertools", "functools", "heapq", "bisect", "typing", "hashlib", "statistics",
            "fractions", "decimal", "copy", "operator", "json", "datetime", "time", "array",

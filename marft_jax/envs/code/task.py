@@ -22,7 +22,7 @@ import numpy as np
 from marft_jax.envs.code.datasets import CodeProblem
 from marft_jax.envs.code.extract import extract_code
 from marft_jax.envs.code.sandbox import Job, SandboxLimits, SandboxResult, grade_batch
-from marft_jax.envs.math.task import TextCodec
+from marft_jax.envs.math.task import TextCodec, answer_texts
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import ProblemTable
 from marft_jax.flexmg.rollout import host_reward
@@ -84,11 +84,9 @@ class CodeTask:
             `[A, E]` float32: the reward of each answering agent's program (0 elsewhere).
         """
         out = np.zeros(lengths.shape, np.float32)
-        cells = [(i, e) for i, answering in enumerate(answer_mask) if answering
-                 for e in range(len(problem_ids))]
-        texts = [tokenizer.decode(actions[i, e, :lengths[i, e]], skip_special_tokens=True)
-                 for i, e in cells]
-        results = self.run(texts, [problem_ids[e] for _, e in cells])
+        pairs = answer_texts(tokenizer, answer_mask, actions, lengths)
+        cells = [cell for cell, _ in pairs]
+        results = self.run([text for _, text in pairs], [problem_ids[e] for _, e in cells])
         for (i, e), result in zip(cells, results):
             out[i, e] = result.fraction if self.reward == "fraction" else float(result.ok)
         return out

@@ -26,6 +26,20 @@ class TextCodec(Protocol):
     def decode(self, ids, skip_special_tokens: bool = True) -> str: ...
 
 
+def answer_texts(tokenizer: TextCodec, answer_mask: Sequence[bool], actions: np.ndarray,
+                 lengths: np.ndarray) -> list[tuple[tuple[int, int], str]]:
+    """`[((agent, env), text)]`: the decoded response of every answering agent in every env.
+
+    Args:
+        answer_mask: `[A]` agents whose output is graded.
+        actions: `[A, E, K]` response tokens.
+        lengths: `[A, E]` response lengths.
+    """
+    return [((i, e), tokenizer.decode(actions[i, e, :lengths[i, e]], skip_special_tokens=True))
+            for i, answering in enumerate(answer_mask) if answering
+            for e in range(actions.shape[1])]
+
+
 @dataclasses.dataclass(frozen=True)
 class MathTask:
     """Problems, their token table and the grading function.
@@ -54,13 +68,9 @@ class MathTask:
             `[A, E]` float32, 1.0 where an answering agent's answer is correct.
         """
         correct = np.zeros(lengths.shape, np.float32)
-        for i, answering in enumerate(answer_mask):
-            if not answering:
-                continue
-            for e, pid in enumerate(problem_ids):
-                text = tokenizer.decode(actions[i, e, :lengths[i, e]], skip_special_tokens=True)
-                correct[i, e] = float(grade_answer(text, self.problems[int(pid)].answer,
-                                                   grader=self.grader))
+        for (i, e), text in answer_texts(tokenizer, answer_mask, actions, lengths):
+            correct[i, e] = float(grade_answer(text, self.problems[int(problem_ids[e])].answer,
+                                               grader=self.grader))
         return correct
 
     def reward_fn(self, tokenizer: TextCodec, answer_mask: Sequence[bool]):

@@ -8,7 +8,8 @@ defaults (`BEFORE` in `configs/studies/levers.py`).
 SmolLM2-135M-Instruct, generated 2-digit addition word problems, 200 held-out problems
 (the same for every seed: `task.split_seed`); every condition is `configs/default.py` with
 the overrides below. The untrained teams are evaluated greedily with adapters whose B = 0,
-so no seed changes them: they run once.
+so no seed changes them: they run once, greedy and sampled at the training temperature,
+and each trained row is scored against its untrained team (column "before").
 
   python experiments/repro_study.py --study=configs/studies/learning.py --seeds=0,1,2
 """
@@ -16,16 +17,26 @@ so no seed changes them: they run once.
 from marft_jax.training.study import Condition
 
 DEFAULT = "configs/default.py"
+# Untrained teams are the same for every seed (adapters with B = 0): they run once, and the
+# trained rows are scored against them instead of evaluating themselves first.
+UNTRAINED = {"train.iterations": 0, "train.eval_before": True}
+TRAINED = {"train.eval_before": False}
+SINGLE = {"team.profiles": "math_single"}
+INDEPENDENT = {"ppo.algorithm": "ippo", "team.independent": True}
 
 
 def get_study():
+    trained = lambda name, overrides, base: Condition(name, DEFAULT, dict(TRAINED, **overrides),
+                                                      baseline=base)
     return [
-        Condition("untrained_single", DEFAULT, {"team.profiles": "math_single",
-                                                "train.iterations": 0}, seeds=(0,)),
-        Condition("untrained_dual", DEFAULT, {"train.iterations": 0}, seeds=(0,)),
-        Condition("marft_a_dual", DEFAULT, {}),
-        Condition("marft_t_dual", DEFAULT, {"ppo.algorithm": "marft_t"}),
-        Condition("ippo_dual", DEFAULT, {"ppo.algorithm": "ippo", "team.independent": True}),
-        Condition("grpo_dual", DEFAULT, {"ppo.algorithm": "grpo", "ppo.group_size": 4}),
-        Condition("ppo_single", DEFAULT, {"team.profiles": "math_single"}),
+        Condition("untrained_single", DEFAULT, dict(SINGLE, **UNTRAINED), seeds=(0,)),
+        Condition("untrained_dual", DEFAULT, UNTRAINED, seeds=(0,)),
+        # IPPO's actor does not see the reasoner: a different untrained team.
+        Condition("untrained_independent", DEFAULT, dict(INDEPENDENT, **UNTRAINED),
+                  seeds=(0,)),
+        trained("marft_a_dual", {}, "untrained_dual"),
+        trained("marft_t_dual", {"ppo.algorithm": "marft_t"}, "untrained_dual"),
+        trained("ippo_dual", INDEPENDENT, "untrained_independent"),
+        trained("grpo_dual", {"ppo.algorithm": "grpo", "ppo.group_size": 4}, "untrained_dual"),
+        trained("ppo_single", SINGLE, "untrained_single"),
     ]

@@ -201,6 +201,38 @@ def build_gguf_tokenizer(header: GGUFHeader) -> PreTrainedTokenizerFast:
     )
 
 
+# The byte-level tokenizer of the tiny random decoder (`Tokenizer.byte_level`): one id per
+# byte, then these specials; a ChatML chat template.
+BYTE_LEVEL_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer with one id per byte (0-255) and `BYTE_LEVEL_SPECIALS` (256-258).
+
+    Any text encodes (no unknown token) and ids never merge, so a vocabulary of 259 suffices:
+    what the tiny random decoder needs to run text tasks (math, code) in tests and smoke runs.
+    """
+    spelling = _bytes_to_unicode()
+    backend = BackendTokenizer(models.BPE(
+        vocab={spelling[b]: b for b in range(256)}, merges=[], dropout=None,
+        continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+    ))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t in BYTE_LEVEL_SPECIALS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=None, eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", chat_template=_CHATML_TEMPLATE, padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+
+
 def _write_gguf_tokenizer(header: GGUFHeader, target: str) -> None:
     """Builds the tokenizer into a temporary directory beside `target`, then renames it."""
     root = os.path.dirname(target)
@@ -286,6 +318,11 @@ class Tokenizer:
                 shutil.rmtree(target)
             _write_gguf_tokenizer(header, target)
         return cls(_load_directory(target), os.fspath(path))
+
+    @classmethod
+    def byte_level(cls) -> Tokenizer:
+        """The byte-level tokenizer (`build_byte_level_tokenizer`) of the tiny random model."""
+        return cls(build_byte_level_tokenizer(), "byte-level")
 
     @classmethod
     def from_model_source(cls, source: ModelSource, cache_dir: str | None = None) -> Tokenizer:

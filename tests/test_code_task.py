@@ -157,3 +157,43 @@ def test_code_splits_follow_the_config_deterministically(tmp_path):
     exp = finalize(_code_config(dataset=str(path), heldout_problems=1))
     train, heldout = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
     assert (train.num_problems, heldout.num_problems) == (1, 1)
+
+
+def test_tiny_code_team_trains_end_to_end_and_writes_its_responses(tmp_path):
+    """The coder -> reviewer team on the tiny random decoder (byte-level tokenizer): one
+    iteration whose programs are run in the sandbox, the update, a checkpoint and the
+    held-out evaluation (sampled) with pass@k and a responses file."""
+    from marft_jax.training.loop import train
+    from marft_jax.training.run_dir import prepare_run_dir, read_metrics
+
+    team = tmp_path / "team.json"  # short prompts: the byte-level observations stay short
+    team.write_text(json.dumps([
+        {"role": "coder", "prompt": "Write it.", "with_answer": False},
+        {"role": "reviewer", "prompt": "Fix it.", "with_answer": True,
+         "depends_on": ["coder"]}]))
+    run = tmp_path / "run"
+    config = _code_config(train_problems=4, heldout_problems=2, code_workers=1,
+                          code_timeout_s=2.0)
+    config.team.profiles = str(team)
+    config.model.name = "tiny"
+    config.model.tiny.update(vocab_size=259, hidden_size=32, intermediate_size=64,
+                             num_layers=1)
+    config.rollout.num_envs = 4
+    config.sampling.update(max_new_tokens=8, temperature=1.0)
+    config.ppo.update(num_minibatches=1, critic_trunk="base", critic_hidden=(16,))
+    config.train.update(iterations=1, eval_problems=2, eval_batch=2, eval_samples=2,
+                        checkpoint_every=1, eval_greedy=False, eval_before=False)
+    exp = finalize(config)
+    prepare_run_dir(exp.config, run, resume=False)
+    summary = train(exp, run)
+    assert summary["iterations"] == 1
+    record = [r for r in read_metrics(run) if "rollout/score" in r][0]
+    assert 0.0 <= record["rollout/score"] <= 1.0  # fraction of tests passed
+    update = {k: v for k, v in record.items() if k.startswith("update/")}
+    assert update and all(np.isfinite(v) for v in update.values() if v is not None)
+    after = summary["eval_after"]
+    assert after["problems"] == 2 and {"pass@1", "pass@2"} <= set(after)
+    rows = [json.loads(line) for line in (run / "responses_after.jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # 2 problems x 2 samples
+    assert {"coder", "reviewer", "entry_point", "score", "correct/reviewer"} <= set(rows[0])
+    assert (run / "checkpoints").is_dir()

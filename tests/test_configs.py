@@ -82,6 +82,20 @@ def test_unknown_field_of_any_section_is_named():
     config.train.iteratons = 5
     with pytest.raises(ConfigError, match=r"config field 'train\.iteratons'"):
         finalize(config)
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.model.tiny.num_hidden_layers = 1  # the HF name, not ModelConfig's
+    with pytest.raises(ConfigError, match=r"'model\.tiny\.num_hidden_layers'.*ModelConfig"):
+        finalize(config)
+
+
+def test_tiny_model_text_task_needs_the_byte_level_vocabulary():
+    from marft_jax.training.setup import build_setup
+
+    config = importlib.import_module("configs.code_cpu").get_config()
+    config.model.name = "tiny"
+    config.model.tiny.vocab_size = 258
+    with pytest.raises(ConfigError, match=r"'model\.tiny\.vocab_size'.*byte-level.*259"):
+        build_setup(finalize(config))
 
 
 def test_team_without_a_graded_agent_is_refused(tmp_path):

@@ -18,7 +18,7 @@ from marft_jax.algorithms.config import PPO_RULES, PPOConfig
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.layout import LAYOUTS
 from marft_jax.flexmg.rollout import PLACEMENTS, RolloutConfig
-from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig
+from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig, ModelConfig
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, Rule)
 
@@ -181,6 +181,11 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
         unknown = sorted(set(c[section].keys()) - set(known[section].keys()))
         if unknown:
             _fail(f"{section}.{unknown[0]}", f"is not a {section} setting")
+    if c.model.get("name") == "tiny":
+        fields = {f.name for f in dataclasses.fields(ModelConfig)} - {"dtype"}
+        unknown = sorted(set(c.model.tiny.keys()) - fields)
+        if unknown:
+            _fail(f"model.tiny.{unknown[0]}", "is not a ModelConfig field")
     for field, rule in FIELD_RULES.items():
         value = _lookup(c, field)
         if value is _MISSING:

@@ -77,7 +77,7 @@ class Evaluator:
             lora: the adapters to evaluate.
             key: sampling key (sample s, call c use `fold_in(fold_in(key, s), c)`).
             limit: evaluate only the first `limit` problems.
-            responses_path: write every response (JSON lines) here (math tasks).
+            responses_path: write every response (JSON lines) here (math and code tasks).
             progress: log problems done, elapsed time and an ETA after every call.
             base: the base weights to run (default: the setup's); one compiled evaluation
                 then serves runs whose configs differ only in the seed.
@@ -116,11 +116,12 @@ class Evaluator:
                 rewards = np.asarray(traj.rewards[0])  # [A, E]: own correctness
                 for j, i in enumerate(answering):
                     per_agent[s, j, rows] = rewards[i][real]
-                if self.split.math is not None:
+                if self.split.math is not None or self.split.code is not None:
                     records = self._responses(traj, ids, real, s)
-                    for name, grid in scored.items():
-                        grid[s][:, rows] = grade_records(
-                            records, [team.roles[i] for i in answering], name).T
+                    if self.split.math is not None:
+                        for name, grid in scored.items():
+                            grid[s][:, rows] = grade_records(
+                                records, [team.roles[i] for i in answering], name).T
                     if responses_path is not None:
                         texts.extend(records)
                 if progress:
@@ -147,18 +148,27 @@ class Evaluator:
         return metrics
 
     def _responses(self, traj, ids, real, sample) -> list[dict[str, Any]]:
-        tok, team, math_task = self.setup.tokenizer, self.setup.exp.team, self.split.math
+        """One record per real env: the problem, every agent's response, the score and each
+        answering agent's correctness (math: the graded answer; code: all tests pass)."""
+        tok, team = self.setup.tokenizer, self.setup.exp.team
         actions = np.asarray(traj.action_tokens[0])
         mask = np.asarray(traj.action_mask[0])
         rewards = np.asarray(traj.rewards[0])
         out = []
         for e in np.nonzero(real)[0]:
-            problem = math_task.problems[int(ids[e])]
-            record = {"id": problem.id, "sample": sample, "problem": problem.problem,
-                      "answer": problem.answer, "score": float(np.asarray(traj.scores[0, e]))}
+            record = {**self._problem_fields(int(ids[e])), "sample": sample,
+                      "score": float(np.asarray(traj.scores[0, e]))}
             for i, role in enumerate(team.roles):
                 record[role] = tok.decode(actions[i, e][mask[i, e]])
                 if team.answer_mask[i]:
                     record[f"correct/{role}"] = bool(rewards[i, e] > 0)
             out.append(record)
         return out
+
+    def _problem_fields(self, problem_id: int) -> dict[str, Any]:
+        """What a responses record says about its problem."""
+        if self.split.math is not None:
+            problem = self.split.math.problems[problem_id]
+            return {"id": problem.id, "problem": problem.problem, "answer": problem.answer}
+        problem = self.split.code.problems[problem_id]
+        return {"id": problem.id, "problem": problem.prompt, "entry_point": problem.entry_point}

@@ -27,11 +27,12 @@ from marft_jax.training.config import Experiment
 
 @dataclasses.dataclass(frozen=True)
 class TaskSplit:
-    """A problem table with its reward function; `math` is set for text tasks."""
+    """A problem table with its reward function; `math` or `code` is set for text tasks."""
 
     table: ProblemTable
     reward_fn: Callable[..., Any]
     math: MathTask | None = None
+    code: Any = None  # envs.code.task.CodeTask (imported lazily: it starts worker pools)
 
     @property
     def num_problems(self) -> int:
@@ -58,17 +59,29 @@ class RunSetup:
 
 
 def _model(exp: Experiment, vocab_needed: int):
+    """The model, its tokenizer (None on the token task with the tiny model) and its source.
+
+    The tiny random decoder runs text tasks with the byte-level tokenizer (259 ids), so math
+    and code teams can be trained end to end in seconds, without a model download.
+    """
     if exp.model_name == "tiny":
+        from marft_jax.tokenizer import Tokenizer
+
         fields = dict(exp.tiny)
         fields.setdefault("tie_word_embeddings", True)
         cfg = ModelConfig(dtype=exp.dtype, **fields)
+        tokenizer = None if exp.task["kind"] == "tokens" else Tokenizer.byte_level()
+        if tokenizer is not None and cfg.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"config field 'model.tiny.vocab_size': text tasks run the tiny "
+                              f"model with the byte-level tokenizer ({tokenizer.vocab_size} "
+                              f"ids), got {cfg.vocab_size}")
         if cfg.vocab_size < vocab_needed:
             raise ConfigError(f"config field 'model.tiny.vocab_size': the token task with "
                               f"task.num_symbols={exp.task['num_symbols']} and a team of "
                               f"{exp.team.num_agents} agents needs {vocab_needed} token ids "
                               f"(symbols + one per agent + 3), got {cfg.vocab_size}")
         graphdef, base, lora = init_model(cfg, exp.lora, seed=exp.seed)
-        return cfg, graphdef, base, lora, None, "tiny"
+        return cfg, graphdef, base, lora, tokenizer, "tiny"
     from marft_jax.models.weights import load_model
     from marft_jax.tokenizer import Tokenizer
 
@@ -128,7 +141,8 @@ def _code_splits(exp: Experiment, tokenizer, answer_mask) -> tuple[TaskSplit, Ta
             splits.append(None)
             continue
         task = build_code_task(chosen, tokenizer, limits, t["code_workers"], reward)
-        splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, answer_mask)))
+        splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, answer_mask),
+                                code=task))
     return splits[0], splits[1]
 
 
@@ -147,9 +161,6 @@ def build_setup(exp: Experiment) -> RunSetup:
         stop, pad = (), 0
     else:
         cfg, graphdef, base, lora, tokenizer, source = _model(exp, 0)
-        if tokenizer is None:
-            raise ConfigError("config field 'model.name': text tasks need a real model with a "
-                              "tokenizer (use task.kind='tokens' with the tiny model)")
         layout = build_layout(team, tokenizer, exp.layout)
     if exp.task["kind"] == "code":
         train, heldout = _code_splits(exp, tokenizer, team.answer_mask)

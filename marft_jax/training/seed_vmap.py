@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from marft_jax.algorithms.update import make_update
+from marft_jax.envs.registry import get_task
 from marft_jax.errors import ConfigError
 from marft_jax.training.config import Experiment
 from marft_jax.training.loop import (_ROLLOUT, _UPDATE, evaluate_team, initial_state,
@@ -29,7 +30,7 @@ from marft_jax.training.setup import RunSetup, build_setup, make_team_rollout, s
 
 def can_vmap_seeds(exp: Experiment) -> bool:
     """True when the config's rollout is JAX-native (no host reward or tokenizer)."""
-    return exp.task["kind"] == "tokens" and exp.ppo.logprob_norm != "word"
+    return get_task(exp.task["kind"]).jax_native and exp.ppo.logprob_norm != "word"
 
 
 def _stack(trees: list[Any]) -> Any:

@@ -9,13 +9,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from marft_jax.envs.math.task import MathTask, build_math_task
-from marft_jax.envs.tokens import (TokenTaskConfig, token_layout, token_problems,
-                                   token_reward_fn)
+from marft_jax.envs.registry import TaskSplit, get_task
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import ProblemTable
-from marft_jax.flexmg.layout import (ObservationLayout, build_layout, observation_capacity,
-                                     state_capacity)
+from marft_jax.flexmg.layout import ObservationLayout, observation_capacity, state_capacity
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from marft_jax.models.config import ModelConfig
 from marft_jax.models.functional import init_model
@@ -23,20 +20,6 @@ from marft_jax.parallel import Plan
 from marft_jax.sampling import (SamplerConfig, generate, generate_with_cache, init_cache,
                                 model_config)
 from marft_jax.training.config import Experiment
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSplit:
-    """A problem table with its reward function; `math` or `code` is set for text tasks."""
-
-    table: ProblemTable
-    reward_fn: Callable[..., Any]
-    math: MathTask | None = None
-    code: Any = None  # envs.code.task.CodeTask (imported lazily: it starts worker pools)
-
-    @property
-    def num_problems(self) -> int:
-        return self.table.num_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +53,8 @@ def _model(exp: Experiment, vocab_needed: int):
         fields = dict(exp.tiny)
         fields.setdefault("tie_word_embeddings", True)
         cfg = ModelConfig(dtype=exp.dtype, **fields)
-        tokenizer = None if exp.task["kind"] == "tokens" else Tokenizer.byte_level()
+        tokenizer = None if get_task(exp.task["kind"]).jax_native else \
+            Tokenizer.byte_level()
         if tokenizer is not None and cfg.vocab_size < tokenizer.vocab_size:
             raise ConfigError(f"config field 'model.tiny.vocab_size': text tasks run the tiny "
                               f"model with the byte-level tokenizer ({tokenizer.vocab_size} "
@@ -90,92 +74,15 @@ def _model(exp: Experiment, vocab_needed: int):
     return m.config, m.graphdef, m.base, m.lora, tokenizer, str(m.source.path)
 
 
-def _math_problems(exp: Experiment):
-    from marft_jax.envs.math.arithmetic import ArithmeticTaskConfig, generate_split
-    from marft_jax.envs.math.datasets import load_math_dataset
-
-    t = exp.task
-    if t["kind"] == "arithmetic":
-        try:
-            cfg = ArithmeticTaskConfig(digits=t["digits"], terms=t["terms"], ops=tuple(t["ops"]),
-                                       templates=t["templates"])
-        except ConfigError as e:
-            raise ConfigError(f"config field 'task': {e}") from None
-        return generate_split(cfg, t["train_problems"], t["heldout_problems"],
-                              t.get("split_seed", 0))
-    train = load_math_dataset(t["dataset"], t["train_split"])[:t["train_problems"]]
-    heldout = load_math_dataset(t["dataset"], t["eval_split"])[:t["heldout_problems"]]
-    return train, heldout
-
-
-def _code_splits(exp: Experiment, tokenizer, answer_mask) -> tuple[TaskSplit, TaskSplit | None]:
-    """The code task's train split (reward: fraction of tests passed) and held-out split
-    (reward: all tests pass, so accuracy and pass@k are pass/fail)."""
-    from marft_jax.envs.code.datasets import load_code_dataset
-    from marft_jax.envs.code.sandbox import SandboxLimits
-    from marft_jax.envs.code.task import build_code_task
-    from marft_jax.envs.math.arithmetic import split_problems
-
-    t = exp.task
-    try:
-        problems = load_code_dataset(t["dataset"])
-    except ConfigError as e:
-        raise ConfigError(f"config field 'task.dataset': {e}") from None
-    try:
-        train_problems, heldout_problems = split_problems(problems, t["heldout_problems"],
-                                                          t.get("split_seed", 0))
-    except ConfigError as e:
-        raise ConfigError(f"config field 'task.heldout_problems': {e} ({t['dataset']!r})") \
-            from None
-    train_problems = train_problems[:t["train_problems"]]
-    if not train_problems:
-        raise ConfigError(f"config field 'task.heldout_problems': {t['heldout_problems']} of "
-                          f"the {len(problems)} problems of {t['dataset']!r} held out leave "
-                          "none to train on")
-    timeout = float(t["code_timeout_s"])
-    limits = SandboxLimits(timeout_s=timeout, cpu_s=max(1, int(timeout)),
-                           memory_mb=int(t["code_memory_mb"]))
-    splits = []
-    for chosen, reward in ((train_problems, "fraction"), (heldout_problems, "pass")):
-        if not chosen:
-            splits.append(None)
-            continue
-        task = build_code_task(chosen, tokenizer, limits, t["code_workers"], reward)
-        splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, answer_mask),
-                                code=task))
-    return splits[0], splits[1]
-
-
 def build_setup(exp: Experiment) -> RunSetup:
     """Loads the model and tokenizer, builds the tasks, the layout and the sampler config."""
     k = exp.sampling["max_new_tokens"]
     team = exp.team
-    if exp.task["kind"] == "tokens":
-        token_cfg = TokenTaskConfig(num_symbols=exp.task["num_symbols"],
-                                    num_agents=team.num_agents)
-        cfg, graphdef, base, lora, tokenizer, source = _model(exp, token_cfg.vocab_needed)
-        layout = token_layout(token_cfg)
-        table = token_problems(token_cfg)
-        train = TaskSplit(table, token_reward_fn(token_cfg))
-        heldout = TaskSplit(table, token_reward_fn(token_cfg))
-        stop, pad = (), 0
-    else:
-        cfg, graphdef, base, lora, tokenizer, source = _model(exp, 0)
-        layout = build_layout(team, tokenizer, exp.layout)
-    if exp.task["kind"] == "code":
-        train, heldout = _code_splits(exp, tokenizer, team.answer_mask)
-        stop, pad = tuple(tokenizer.stop_token_ids), tokenizer.pad_token_id
-    elif exp.task["kind"] != "tokens":
-        train_problems, heldout_problems = _math_problems(exp)
-        grader = exp.task.get("grader", "builtin")
-        train_task = build_math_task(train_problems, tokenizer, grader=grader)
-        train = TaskSplit(train_task.table, train_task.reward_fn(tokenizer, team.answer_mask),
-                          train_task)
-        heldout = None
-        if heldout_problems:
-            h = build_math_task(heldout_problems, tokenizer, grader=grader)
-            heldout = TaskSplit(h.table, h.reward_fn(tokenizer, team.answer_mask), h)
-        stop, pad = tuple(tokenizer.stop_token_ids), tokenizer.pad_token_id
+    spec = get_task(exp.task["kind"])
+    cfg, graphdef, base, lora, tokenizer, source = _model(exp, spec.vocab_needed(exp))
+    task = spec.build(exp, tokenizer)
+    layout, train, heldout = task.layout, task.train, task.heldout
+    stop, pad = task.stop_token_ids, task.pad_id
     problem_tokens = max(train.table.tokens.shape[1],
                          heldout.table.tokens.shape[1] if heldout else 0)
     horizon = exp.rollout.horizon

@@ -106,7 +106,8 @@ def main(argv):
     from marft_jax.training.entry import quiet_library_logs
     from marft_jax.training.run_dir import prepare_run_dir, read_metrics
     from marft_jax.training.seed_vmap import can_vmap_seeds, train_seeds
-    from marft_jax.training.study import (load_config, load_study, markdown_table,
+    from marft_jax.training.study import (compare, comparisons_table, load_comparisons,
+                                          load_config, load_study, markdown_table,
                                           plot_curves, result_from_run, shell, summarize,
                                           train_command, write_csv)
 
@@ -116,6 +117,7 @@ def main(argv):
     try:
         seeds = [int(s) for s in _SEEDS.value]
         conditions = load_study(study_path)
+        comparisons = load_comparisons(study_path)
         unknown = sorted(set(_ONLY.value) - {c.name for c in conditions})
         if unknown:
             raise ConfigError(f"--only: {unknown} not in {study_path} "
@@ -185,8 +187,12 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     write_csv(results, out / "results.csv")
     note = "replace the seed in the command (vmapped conditions run all seeds at once)."
-    (out / "summary.md").write_text(markdown_table(rows, note))
-    (out / "summary.json").write_text(json.dumps(rows, indent=1, default=float))
+    ran = {r.condition for r in results}
+    compared = [compare(results, c) for c in comparisons if {c.first, c.second} <= ran]
+    (out / "summary.md").write_text(markdown_table(rows, note) + (
+        "\n## Comparisons\n\n" + comparisons_table(compared) if compared else ""))
+    (out / "summary.json").write_text(json.dumps({"conditions": rows, "comparisons": compared},
+                                                 indent=1, default=float))
     plot_curves(results, order, out / "learning_curves.png")
     print((out / "summary.md").read_text())
     logging.info("wrote %s", out)

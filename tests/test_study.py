@@ -196,3 +196,37 @@ def test_chunks_end_at_every_evaluation():
     assert _chunks(10, 0) == [(0, 10)]
     assert _chunks(10, 4) == [(0, 4), (4, 4), (8, 2)]
     assert _chunks(8, 4) == [(0, 4), (4, 4)]
+
+
+def test_comparison_gives_the_welch_interval_and_both_spreads():
+    from marft_jax.training.study import Comparison, compare, comparisons_table
+
+    run = lambda name, seed, after: RunResult(name, seed, None, after, None, 1.0, 1, "c", "d",
+                                              [])
+    results = ([run("team", s, a) for s, a in enumerate([0.46, 0.50, 0.40])]
+               + [run("one", s, a) for s, a in enumerate([0.30, 0.20, 0.25, 0.35])])
+    c = compare(results, Comparison("team", "one", "team > one?"))
+    a, b = np.array([0.46, 0.50, 0.40]), np.array([0.30, 0.20, 0.25, 0.35])
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)
+    assert 4 < df < 5  # Welch-Satterthwaite: t(0.975, 4) = 2.776 (rounded down: wider)
+    assert c["diff"] == pytest.approx(a.mean() - b.mean())
+    assert c["ci95"] == pytest.approx(2.776 * math.sqrt(va + vb))
+    assert c["first"]["std"] == pytest.approx(a.std(ddof=1)) and c["second"]["n"] == 4
+    table = comparisons_table([c])
+    assert "| team > one? | +17.8 [+5.8, +29.9] |" in table, table
+    one_seed = compare(results[:1] + results[3:], Comparison("team", "one"))
+    assert math.isnan(one_seed["ci95"]) and "+18.5 |" in comparisons_table([one_seed])
+
+
+def test_comparisons_must_name_conditions_of_the_study(tmp_path):
+    from marft_jax.training.study import load_comparisons
+
+    path = tmp_path / "s.py"
+    path.write_text("from marft_jax.training.study import Comparison, Condition\n"
+                    "def get_study():\n    return [Condition('a', 'c.py'), Condition('b', 'c.py')]\n"
+                    "def get_comparisons():\n    return [Comparison('a', 'x')]\n")
+    with pytest.raises(ConfigError, match="no condition 'x'"):
+        load_comparisons(path)
+    assert [c.second for c in load_comparisons(ROOT / "configs/studies/learning.py")] == \
+        ["ppo_single", "ippo_dual", "marft_t_dual", "grpo_dual"]

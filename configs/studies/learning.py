@@ -14,7 +14,7 @@ and each trained row is scored against its untrained team (column "before").
   python experiments/repro_study.py --study=configs/studies/learning.py --seeds=0,1,2
 """
 
-from marft_jax.training.study import Condition
+from marft_jax.training.study import Comparison, Condition
 
 DEFAULT = "configs/default.py"
 # Untrained teams are the same for every seed (adapters with B = 0): they run once, and the
@@ -39,4 +39,15 @@ def get_study():
         trained("ippo_dual", INDEPENDENT, "untrained_independent"),
         trained("grpo_dual", {"ppo.algorithm": "grpo", "ppo.group_size": 4}, "untrained_dual"),
         trained("ppo_single", SINGLE, "untrained_single"),
+    ]
+
+
+def get_comparisons():
+    return [
+        Comparison("marft_a_dual", "ppo_single",
+                   "does the trained team beat the trained single agent?"),
+        Comparison("marft_a_dual", "ippo_dual",
+                   "MARFT-A vs IPPO (and which is more stable across seeds)"),
+        Comparison("marft_a_dual", "marft_t_dual", "action- vs token-level credit"),
+        Comparison("marft_a_dual", "grpo_dual", "a learned critic vs group baselines"),
     ]

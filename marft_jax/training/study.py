@@ -52,17 +52,39 @@ class Condition:
     baseline: str | None = None
 
 
-def load_study(path: str | Path) -> list[Condition]:
-    """The conditions of a study file (`get_study()`); ConfigError names a bad file."""
-    path = Path(path)
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Two conditions of a study compared on held-out accuracy after training.
+
+    Attributes:
+        first, second: condition names; the report gives first − second.
+        question: what the comparison answers (e.g. "does the team beat one agent?").
+    """
+
+    first: str
+    second: str
+    question: str = ""
+
+
+def _study_module(path: Path):
     if not path.is_file():
         raise ConfigError(f"{path}: study file not found")
     spec = importlib.util.spec_from_file_location(f"_study_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        conditions = list(module.get_study())
     except Exception as e:  # a study file is user code: report it on one line
+        raise ConfigError(f"{path}: cannot load the study: {type(e).__name__}: {e}") from None
+    return module
+
+
+def load_study(path: str | Path) -> list[Condition]:
+    """The conditions of a study file (`get_study()`); ConfigError names a bad file."""
+    path = Path(path)
+    module = _study_module(path)
+    try:
+        conditions = list(module.get_study())
+    except Exception as e:
         raise ConfigError(f"{path}: cannot load the study: {type(e).__name__}: {e}") from None
     names = [c.name for c in conditions]
     if not conditions or not all(isinstance(c, Condition) for c in conditions):
@@ -72,6 +94,25 @@ def load_study(path: str | Path) -> list[Condition]:
         raise ConfigError(f"{path}: condition names must be unique and file-name safe, got "
                           f"{names}")
     return conditions
+
+
+def load_comparisons(path: str | Path) -> list[Comparison]:
+    """The study file's `get_comparisons()` (optional: none without it); ConfigError when
+    one names a condition the study does not have."""
+    path = Path(path)
+    module = _study_module(path)
+    if not hasattr(module, "get_comparisons"):
+        return []
+    names = {c.name for c in load_study(path)}
+    comparisons = list(module.get_comparisons())
+    for c in comparisons:
+        if not isinstance(c, Comparison):
+            raise ConfigError(f"{path}: get_comparisons() must return Comparison entries")
+        unknown = sorted({c.first, c.second} - names)
+        if unknown:
+            raise ConfigError(f"{path}: comparison {c.first} vs {c.second}: no condition "
+                              f"{unknown[0]!r}")
+    return comparisons
 
 
 def load_config(path: str | Path, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -201,6 +242,63 @@ def summarize(results: list[RunResult], order: list[str],
                      "wall_s": float(np.mean([r.wall_s for r in runs])),
                      "iterations": runs[0].iterations, "command": runs[0].command})
     return rows
+
+
+def _t975(df: float) -> float:
+    """The 95 % two-sided t quantile at `df` degrees of freedom (rounded down: wider)."""
+    d = int(math.floor(df))
+    return _T975[d - 1] if 1 <= d <= 30 else 1.96
+
+
+def compare(results: list[RunResult], comparison: Comparison) -> dict[str, Any]:
+    """Held-out accuracy after training, `first − second`, over their seeds.
+
+    The seeds of two conditions are independent runs, so the interval is Welch's (unequal
+    variances, Welch–Satterthwaite degrees of freedom); the sample stds side by side say
+    which condition is the more stable across seeds.
+
+    Returns:
+        `diff` (mean of first − mean of second), `ci95` (Welch half-width, nan with fewer
+        than 2 seeds on a side), `df`, and per side `n`, `mean`, `std`, `min`, `max`.
+    """
+    sides = {}
+    for key, name in (("first", comparison.first), ("second", comparison.second)):
+        x = np.asarray([r.after for r in results if r.condition == name
+                        and r.after is not None], np.float64)
+        sides[key] = {"name": name, "n": len(x),
+                      "mean": float(x.mean()) if len(x) else math.nan,
+                      "std": float(x.std(ddof=1)) if len(x) > 1 else math.nan,
+                      "min": float(x.min()) if len(x) else math.nan,
+                      "max": float(x.max()) if len(x) else math.nan}
+    a, b = sides["first"], sides["second"]
+    out = {"question": comparison.question, "first": a, "second": b,
+           "diff": a["mean"] - b["mean"], "ci95": math.nan, "df": math.nan}
+    if a["n"] > 1 and b["n"] > 1:
+        va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+        if va + vb > 0:
+            df = (va + vb) ** 2 / (va ** 2 / (a["n"] - 1) + vb ** 2 / (b["n"] - 1))
+            out.update(df=df, ci95=_t975(df) * math.sqrt(va + vb))
+        else:
+            out.update(df=math.inf, ci95=0.0)
+    return out
+
+
+def comparisons_table(comparisons: list[dict[str, Any]]) -> str:
+    """Markdown for `compare` results (points of held-out accuracy)."""
+    lines = ["| question | first − second (points) [95 % Welch interval] | first: mean ± std "
+             "(min–max) | second: mean ± std (min–max) |", "|---|---|---|---|"]
+    side = lambda s: (f"{s['name']} (n={s['n']}): {100 * s['mean']:.1f} ± "
+                      f"{100 * s['std']:.1f} ({100 * s['min']:.1f}–{100 * s['max']:.1f})")
+    for c in comparisons:
+        interval = ("" if not np.isfinite(c["ci95"]) else
+                    f" [{100 * (c['diff'] - c['ci95']):+.1f}, {100 * (c['diff'] + c['ci95']):+.1f}]")
+        lines.append(f"| {c['question'] or '–'} | {100 * c['diff']:+.1f}{interval} | "
+                     f"{side(c['first'])} | {side(c['second'])} |")
+    lines.append("")
+    lines.append("Held-out greedy accuracy after training; the seeds of two conditions are "
+                 "independent runs (Welch's interval). An interval that spans 0 does not "
+                 "separate the two; the stds say which is the more stable across seeds.")
+    return "\n".join(lines) + "\n"
 
 
 def write_csv(results: list[RunResult], path: str | Path) -> None:

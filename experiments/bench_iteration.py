@@ -4,10 +4,11 @@
   python experiments/bench_iteration.py --config=configs/default.py \
       --update_variant=critic_trunk=base --update_variant=critic_trunk=shared
 
-Prints the median seconds of the rollout and of the update, and tokens processed, so the
-CPU main job can be sized. With `--update_variant` (PPO fields, `name=value`), each variant's
-update runs on the same trajectories, alternating within every repeat, so their times are
-side by side. Figures go to BUILD_NOTES.md with the machine and date.
+Runs the training iteration itself (`marft_jax.training.iteration.make_iteration`, as
+`experiments/train.py` does) and prints the median seconds of its phases (rollout, prepare:
+the padding trim, update) and the tokens processed, so the CPU main job can be sized. With
+`--update_variant` (PPO fields, `name=value`), each variant's update phase runs on the same
+trajectories, alternating within every repeat, so their times are side by side. Figures go to BUILD_NOTES.md with the machine and date.
 """
 
 import os
@@ -40,42 +41,41 @@ def main(argv):
     import jax
     import numpy as np
 
-    from marft_jax.algorithms.update import make_update
-    from marft_jax.flexmg.trajectory import trim_padding
     from marft_jax.training.config import finalize
+    from marft_jax.training.iteration import make_iteration
     from marft_jax.training.loop import initial_state
-    from marft_jax.training.setup import build_setup, make_team_rollout
+    from marft_jax.training.setup import build_setup
 
     exp = finalize(_CONFIG.value)
     setup = build_setup(exp)
     state, game = initial_state(setup)
-    rollout = jax.jit(make_team_rollout(setup, setup.train, setup.rollout_config,
-                                        float(exp.sampling["temperature"])))
+    root = jax.random.key(exp.seed)
     variants = {"config": exp.ppo} | {v: _variant(exp.ppo, v) for v in _VARIANTS.value}
-    updates = {name: (make_update(setup.graphdef, ppo, exp.team.graph), state)
-               for name, ppo in variants.items()}
-    times = {"rollout": []} | {f"update[{name}]": [] for name in updates}
+    iterations = {name: make_iteration(setup, ppo=ppo) for name, ppo in variants.items()}
+    states = dict.fromkeys(iterations, state)
+    times = {"rollout": [], "prepare": []} | {f"update[{name}]": [] for name in iterations}
     for i in range(_REPEATS.value + 1):
-        key = jax.random.key(i)
-        t0 = time.perf_counter()
-        game, traj = rollout((setup.base, state.lora), game, key)
-        jax.block_until_ready(traj)
-        t1 = time.perf_counter()
-        traj = trim_padding(traj)
-        first = [f"rollout {t1 - t0:.1f}s"]
-        for name, (update, st) in updates.items():
-            t2 = time.perf_counter()
-            st, metrics = update(st, setup.base, traj, key)
+        # The training iteration itself (rollout, trim, update), timed phase by phase.
+        out = iterations["config"](setup.base, states["config"], game, root, i, timed=True)
+        game, traj, states["config"] = out.game, out.traj, out.state
+        elapsed = {"rollout": out.seconds["rollout"], "prepare": out.seconds["prepare"],
+                   "update[config]": out.seconds["update"]}
+        # Variants: their update phase on the same trajectory (already trimmed).
+        for name, iteration in iterations.items():
+            if name == "config":
+                continue
+            same_traj, words = iteration.prepare(traj)
+            t0 = time.perf_counter()
+            states[name], metrics = iteration.update_phase(setup.base, states[name],
+                                                           same_traj, words, root, i)
             jax.block_until_ready(metrics)
-            elapsed = time.perf_counter() - t2
-            updates[name] = (update, st)
-            if i:
-                times[f"update[{name}]"].append(elapsed)
-            first.append(f"update[{name}] {elapsed:.1f}s")
+            elapsed[f"update[{name}]"] = time.perf_counter() - t0
         if i:
-            times["rollout"].append(t1 - t0)
+            for part, seconds in elapsed.items():
+                times[part].append(seconds)
         else:
-            print(f"first call (compile + run): {', '.join(first)}")
+            print("first call (compile + run): "
+                  + ", ".join(f"{part} {seconds:.1f}s" for part, seconds in elapsed.items()))
     gen_tokens = int(np.sum(np.asarray(traj.action_mask)))
     update_tokens = int(np.prod(traj.obs_tokens.shape[:3])) * (
         traj.obs_tokens.shape[-1] + traj.action_tokens.shape[-1])

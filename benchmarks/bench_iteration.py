@@ -1,7 +1,7 @@
 """Times one training iteration's parts (rollout, update) for a config, after compilation.
 
-  python experiments/bench_iteration.py --config=configs/default.py --repeats=3
-  python experiments/bench_iteration.py --config=configs/default.py \
+  python benchmarks/bench_iteration.py --config=configs/default.py --repeats=3
+  python benchmarks/bench_iteration.py --config=configs/default.py \
       --update_variant=critic_trunk=base --update_variant=critic_trunk=shared
 
 Runs the training iteration itself (`marft_jax.training.iteration.make_iteration`, as

@@ -1,6 +1,6 @@
 """Throughput against device count: rollout and update tokens/s per mesh layout.
 
-  python experiments/bench_scaling.py --devices=4 --config=configs/tiny_cpu.py \
+  python benchmarks/bench_scaling.py --devices=4 --config=configs/tiny_cpu.py \
       --config.rollout.num_envs=32 --layouts=1,1,1,auto/2,1,1,auto/4,1,1,auto
 
 Runs in one process on `--devices` devices (on a CPU host they are forced host devices:

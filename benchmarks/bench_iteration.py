@@ -1,4 +1,4 @@
-"""Times one training iteration's parts (rollout, update) for a config, after compilation.
+"""Times one training iteration's phases (rollout, prepare, update) after compilation.
 
   python benchmarks/bench_iteration.py --config=configs/default.py --repeats=3
   python benchmarks/bench_iteration.py --config=configs/default.py \
@@ -8,7 +8,8 @@ Runs the training iteration itself (`marft_jax.training.iteration.make_iteration
 `experiments/train.py` does) and prints the median seconds of its phases (rollout, prepare:
 the padding trim, update) and the tokens processed, so the CPU main job can be sized. With
 `--update_variant` (PPO fields, `name=value`), each variant's update phase runs on the same
-trajectories, alternating within every repeat, so their times are side by side. Figures go to BUILD_NOTES.md with the machine and date.
+trajectories, alternating within every repeat, so their times are side by side. Figures
+go to BUILD_NOTES.md with the machine and date.
 """
 
 import os

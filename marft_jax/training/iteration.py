@@ -78,6 +78,7 @@ class Iteration:
         plan: the device plan (None: default placement).
         rollout: `rollout((base, lora), game, key) -> (game, trajectory)`.
         update: `make_update`'s jitted update.
+        ppo: the update's configuration.
         host_steps: whether the host-side preparation runs (False when traced).
     """
 
@@ -85,6 +86,7 @@ class Iteration:
     plan: Plan | None
     rollout: Callable
     update: Callable
+    ppo: PPOConfig
     host_steps: bool
 
     def rollout_phase(self, base, state, game, root: jax.Array, it):
@@ -96,7 +98,7 @@ class Iteration:
         if not self.host_steps:
             return traj, None
         traj = trim_padding(traj)
-        if self.setup.exp.ppo.logprob_norm != "word":
+        if self.ppo.logprob_norm != "word":
             return traj, None
         actions = traj.replace(action_tokens=Plan.fetch(traj.action_tokens),
                                action_mask=Plan.fetch(traj.action_mask))
@@ -171,6 +173,8 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
     """
     exp = setup.exp
     ppo = ppo or exp.ppo
+    if plan is not None and state is None:
+        raise ValueError("make_iteration with a plan needs the state (its shardings)")
     if not host_steps and ppo.logprob_norm == "word":
         raise ConfigError("config field 'ppo.logprob_norm': 'word' counts words on the host, "
                           "which a traced (seed-vmapped) iteration cannot")
@@ -178,12 +182,10 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
                                 float(exp.sampling["temperature"]), plan=plan)
     options: dict[str, Any] = {}
     if plan is not None:
-        if state is None:
-            raise ValueError("make_iteration with a plan needs the state (its shardings)")
         rollout = plan.jit_rollout(rollout, group_size=problem_group_size(exp))
         options = plan.update_options(state)
     elif host_steps:
         rollout = jax.jit(rollout)
     update = make_update(setup.graphdef, ppo, exp.team.graph, **options)
-    return Iteration(setup=setup, plan=plan, rollout=rollout, update=update,
+    return Iteration(setup=setup, plan=plan, rollout=rollout, update=update, ppo=ppo,
                      host_steps=host_steps)

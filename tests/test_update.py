@@ -10,11 +10,13 @@ import numpy as np
 import optax
 import pytest
 
+from marft_jax.algorithms import batch as batch_lib
 from marft_jax.algorithms import critic as critic_lib
-from marft_jax.algorithms import optim, schedules, scoring
+from marft_jax.algorithms import guard, losses, optim, schedules, scoring
+from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.config import PPOConfig
 from marft_jax.algorithms.state import create_train_state
-from marft_jax.algorithms.update import make_update
+from marft_jax.algorithms.update import make_update, objective, policy_objective
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.trajectory import Trajectory
 from marft_jax.models import functional as F
@@ -110,22 +112,22 @@ def test_warmup_then_agent_by_agent_rotation(model):
     assert _same(_leaves(new.lora), _leaves(state.lora))
     assert _same(_leaves(new.actor_opt), _leaves(state.actor_opt))
     assert not _same(_leaves(new.critic), _leaves(state.critic))
-    np.testing.assert_array_equal(new.policy_steps, [0, 0])
-    assert int(new.critic_steps) == 1 and int(new.samples) == 4
+    np.testing.assert_array_equal(new.counters.policy_steps, [0, 0])
+    assert int(new.counters.critic_steps) == 1 and int(new.samples) == 4
 
     # Update 2: 8 samples -> slot (8 // 4) % 2 = 0: only agent 0's adapter moves.
     state, new = new, update(new, base, traj, jax.random.key(2))[0]
     assert not _same(_adapter(new.lora, 0), _adapter(state.lora, 0))
     assert _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
     assert _same(_adapter(new.actor_opt, 1), _adapter(state.actor_opt, 1))
-    np.testing.assert_array_equal(new.policy_steps, [1, 0])
+    np.testing.assert_array_equal(new.counters.policy_steps, [1, 0])
 
     # Update 3: 12 samples -> slot 1: only agent 1's adapter moves.
     state, (new, metrics) = new, update(new, base, traj, jax.random.key(3))
     assert _same(_adapter(new.lora, 0), _adapter(state.lora, 0))
     assert not _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
     np.testing.assert_array_equal(metrics["scheduled"], [False, True])
-    np.testing.assert_array_equal(new.policy_steps, [1, 1])
+    np.testing.assert_array_equal(new.counters.policy_steps, [1, 1])
     assert _same(_leaves(base), base_before)
     assert all(np.all(np.isfinite(x)) for x in _leaves(new.lora) + _leaves(new.critic))
     assert update._cache_size() == 1
@@ -194,10 +196,10 @@ def test_nan_in_one_agent_is_skipped_and_counted(model, marft_a_update):
     assert _same(_adapter(new.lora, 0), _adapter(state.lora, 0))
     assert not _same(_adapter(new.lora, 1), _adapter(state.lora, 1))
     assert not _same(_leaves(new.critic), _leaves(state.critic))
-    np.testing.assert_array_equal(new.skipped_nonfinite, [steps, 0])
+    np.testing.assert_array_equal(new.counters.skipped_nonfinite, [steps, 0])
     np.testing.assert_array_equal(metrics["skipped_nonfinite"], [steps, 0])
-    np.testing.assert_array_equal(new.policy_steps, [0, steps])
-    assert int(new.critic_steps) == steps
+    np.testing.assert_array_equal(new.counters.policy_steps, [0, steps])
+    assert int(new.counters.critic_steps) == steps
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +257,7 @@ def test_update_raises_target_logprobs_and_compiles_once(model, marft_a_update):
     assert target_after > target_before + 0.3, (target_before, target_after)
     assert other_after < other_before, (other_before, other_after)
     assert value_losses[-1] < value_losses[0], value_losses
-    np.testing.assert_array_equal(state.policy_steps, [16, 16])
+    np.testing.assert_array_equal(state.counters.policy_steps, [16, 16])
     assert int(state.step) == 4 and int(state.samples) == 4 * 16
     assert marft_a_update._cache_size() == 1
 
@@ -269,7 +271,7 @@ def test_grpo_trains_adapters_and_leaves_the_critic(model):
     state = create_train_state(config, lora, jax.random.key(0), 64, 2)
     new, metrics = make_update(graphdef, config)(state, base, traj, jax.random.key(1))
     assert _same(_leaves(new.critic), _leaves(state.critic))
-    assert int(new.critic_steps) == 0
+    assert int(new.counters.critic_steps) == 0
     for index in (0, 1):
         assert not _same(_adapter(new.lora, index), _adapter(state.lora, index))
     assert np.all(np.isfinite(np.asarray(metrics["policy_loss"])))
@@ -291,7 +293,8 @@ def test_grpo_without_reward_signal_skips_the_entropy_only_step(model, skip):
     for index in (0, 1):
         assert _same(_adapter(new.lora, index), _adapter(state.lora, index)) == skip
     np.testing.assert_array_equal(metrics["skipped_no_signal"], [2, 2] if skip else [0, 0])
-    np.testing.assert_array_equal(new.policy_steps, [0, 0] if skip else [2, 2])
+    np.testing.assert_array_equal(new.counters.policy_steps, [0, 0] if skip else [2, 2])
+    np.testing.assert_array_equal(new.counters.skipped_no_signal, [2, 2] if skip else [0, 0])
 
 
 def test_bad_sizes_and_missing_word_counts_raise(model):
@@ -344,3 +347,77 @@ def test_scoring_positions_line_up_with_prefix_forwards(model):
     obs_feats = scoring.observation_features(graphdef, base, lora, obs, obs_mask, ids)
     np.testing.assert_allclose(scores.features[0, :, :, 0].reshape(6, -1), obs_feats,
                                atol=1e-4)
+
+
+# ------------------------------------------------------------ the objective and the guard
+
+def test_objective_is_the_sum_of_its_micro_batches_and_skips_unscheduled_agents(model):
+    """The pure objective, called without jit: per-agent sums with counts add up over any
+    split of the envs, its total is the documented combination of those sums, and an agent
+    that is not scheduled gets no gradient."""
+    graphdef, base, lora = model
+    config = PPOConfig(algorithm="marft_a", critic_hidden=(8,), entropy_coef=0.01,
+                       kl_coef=0.1, value_loss_coef=0.5)
+    traj = make_trajectory(6, rounds=1, agents=2, envs=4, obs_len=5, act_len=2,
+                           target_share=0.5)
+    state = create_train_state(config, lora, jax.random.key(0), 64, 2)
+    batch, _ = batch_lib.prepare_batch(graphdef, config, CreditOrder.chain(2), lora,
+                                       state.critic, base, traj, None, 4)
+    params = (lora, state.critic)
+    count = losses.per_agent_sum(batch.valid)  # [A]
+    policy_count, value_count = jnp.maximum(count, 1.0), jnp.maximum(jnp.sum(count), 1.0)
+    ctx = (base, traj.adapter_ids, jnp.array([True, True]))
+    total, (terms, vterms) = objective(graphdef, config, params, ctx, batch, policy_count,
+                                       value_count)
+    want = (jnp.sum(policy_objective(terms, config) / policy_count)
+            + config.value_loss_coef * jnp.sum(vterms.loss) / value_count)
+    np.testing.assert_allclose(total, want, rtol=1e-6)
+    np.testing.assert_allclose(policy_objective(terms, config),
+                               terms.loss - 0.01 * terms.entropy + 0.1 * terms.kl_ref)
+    np.testing.assert_array_equal(terms.count, count)
+    halves = [jax.tree.map(lambda x: x[:, :, envs], batch) for envs in (slice(0, 2),
+                                                                       slice(2, 4))]
+    parts = [objective(graphdef, config, params, ctx, h, policy_count, value_count)
+             for h in halves]
+    np.testing.assert_allclose(parts[0][0] + parts[1][0], total, rtol=1e-5)
+    for got, whole in zip(jax.tree.leaves(jax.tree.map(jnp.add, parts[0][1], parts[1][1])),
+                          jax.tree.leaves((terms, vterms))):
+        np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
+
+    only_first = (base, traj.adapter_ids, jnp.array([True, False]))
+    grads, _ = jax.grad(objective, argnums=2, has_aux=True)(
+        graphdef, config, params, only_first, batch, policy_count, value_count)
+    lora_grads = grads[0]
+    assert all(np.all(np.asarray(g[1]) == 0) for g in jax.tree.leaves(lora_grads))
+    assert any(np.any(np.asarray(g[0]) != 0) for g in jax.tree.leaves(lora_grads))
+
+
+def test_guard_counts_each_skip_under_its_first_failed_check():
+    config = PPOConfig(critic_hidden=(8,), target_kl=0.1, skip_no_signal=True)
+    # adapters: 0 fine, 1 non-finite loss, 2 KL too large, 3 no signal, 4 not scheduled
+    checks = guard.step_checks(
+        config, loss=jnp.array([1.0, jnp.nan, 1.0, 1.0, 1.0]),
+        grad_norms=jnp.array([1.0, 1.0, 1.0, 1.0, jnp.inf]),
+        approx_kl=jnp.array([0.1, 5.0, 0.9, 0.1, 0.1]), count=jnp.array([2.0] * 5),
+        signal=jnp.array([True, True, True, False, True]), value_loss=jnp.ones(2),
+        critic_grad_norm=jnp.array(jnp.nan))
+    may_step = jnp.array([True, True, True, True, False])
+    apply, critic_apply, step = guard.guard_steps(may_step, checks, uses_critic=True)
+    np.testing.assert_array_equal(apply, [True, False, False, False, False])
+    assert not bool(critic_apply)
+    np.testing.assert_array_equal(step.skipped_nonfinite, [0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(step.skipped_kl, [0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(step.skipped_no_signal, [0, 0, 0, 1, 0])
+    assert int(step.critic_steps) == 0 and int(step.critic_skipped_nonfinite) == 1
+    total = guard.StepCounters.zeros(5) + step + step
+    np.testing.assert_array_equal(total.policy_steps, [2, 0, 0, 0, 0])
+    assert list(total.as_dict()) == ["policy_steps", "skipped_nonfinite", "skipped_kl",
+                                     "skipped_no_signal", "critic_steps",
+                                     "critic_skipped_nonfinite"]
+    # Checks off: no target_kl, skip_no_signal false; no critic: nothing counted for it.
+    off = guard.step_checks(PPOConfig(critic_hidden=(8,), skip_no_signal=False),
+                            jnp.ones(2), jnp.ones(2), jnp.array([9.0, 9.0]), jnp.ones(2),
+                            jnp.array([False, False]), jnp.ones(2), jnp.array(1.0))
+    apply, critic_apply, step = guard.guard_steps(jnp.array([True, True]), off, False)
+    np.testing.assert_array_equal(apply, [True, True])
+    assert not bool(critic_apply) and int(step.critic_skipped_nonfinite) == 0

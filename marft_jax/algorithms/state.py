@@ -11,6 +11,7 @@ from flax import struct
 from marft_jax.algorithms import critic as critic_lib
 from marft_jax.algorithms import optim
 from marft_jax.algorithms.config import PPOConfig
+from marft_jax.algorithms.guard import StepCounters
 
 Array = jax.Array
 
@@ -26,11 +27,7 @@ class TrainState:
         critic_opt: the value head's optimiser state.
         step: `[]` int32, updates done.
         samples: `[]` int32, env samples (rounds × envs) consumed: the schedules' clock.
-        policy_steps: `[NA]` int32, optimiser steps applied to each adapter.
-        critic_steps: `[]` int32, optimiser steps applied to the critic.
-        skipped_nonfinite: `[NA]` int32, adapter steps skipped for a non-finite loss/grad.
-        skipped_kl: `[NA]` int32, adapter steps skipped for approx-KL above `target_kl`.
-        critic_skipped_nonfinite: `[]` int32, critic steps skipped as non-finite.
+        counters: optimiser steps applied and skipped since the start of the run.
     """
 
     lora: Any
@@ -39,24 +36,18 @@ class TrainState:
     critic_opt: Any
     step: Array
     samples: Array
-    policy_steps: Array
-    critic_steps: Array
-    skipped_nonfinite: Array
-    skipped_kl: Array
-    critic_skipped_nonfinite: Array
+    counters: StepCounters
 
 
 def init_train_state(config: PPOConfig, lora, critic: dict[str, Array]) -> TrainState:
     """A fresh state around given adapters and value heads (zero counters)."""
     num = optim.num_adapters(lora)
     zero = jnp.zeros((), jnp.int32)
-    per_adapter = jnp.zeros((num,), jnp.int32)
     return TrainState(
         lora=lora, critic=critic,
         actor_opt=optim.init_actor(optim.actor_optimizer(config), lora),
         critic_opt=optim.critic_optimizer(config).init(critic),
-        step=zero, samples=zero, policy_steps=per_adapter, critic_steps=zero,
-        skipped_nonfinite=per_adapter, skipped_kl=per_adapter, critic_skipped_nonfinite=zero)
+        step=zero, samples=zero, counters=StepCounters.zeros(num))
 
 
 def create_train_state(config: PPOConfig, lora, key: Array, hidden_size: int,

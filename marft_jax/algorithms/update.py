@@ -5,32 +5,36 @@ Inside one jit: score the trajectory with the pre-update parameters and compute 
 env axis with a key-derived permutation; each minibatch accumulates gradients over
 micro-batches with a second scan); per minibatch one policy + value objective, whose
 gradient w.r.t. `(lora, critic)` (never `base`) drives the per-adapter and critic optimiser
-steps. Which adapters step is a mask built from traced counters and values:
+steps. Which adapters step is a mask built from traced counters and values
+(`guard.guard_steps`):
 
     apply[adapter] = scheduled (agent rotation) ∧ ¬ critic warm-up
-                     ∧ approx-KL ≤ target_kl ∧ finite(loss, gradient)
+                     ∧ approx-KL ≤ target_kl ∧ finite(loss, gradient) ∧ nonzero advantage
 
 so no schedule or guard is a Python branch and the update compiles once.
 
-Per-agent policy objective: each agent's mean surrogate over its own decisions (tokens),
-summed over agents, so an adapter's gradient is its agent's mean (the reference divides by
-the number of agents too when all agents train; with per-agent Adam that only matters
-through the gradient clip). The critic minimises the mean value loss over all decisions.
+Per-agent policy objective (`objective`, a pure function of one micro-batch): each agent's
+mean surrogate over its own decisions (tokens), summed over agents, so an adapter's
+gradient is its agent's mean (the reference divides by the number of agents too when all
+agents train; with per-agent Adam that only matters through the gradient clip). The critic
+minimises the mean value loss over all decisions.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
 from marft_jax.algorithms import advantages as adv_lib
 from marft_jax.algorithms import batch as batch_lib
 from marft_jax.algorithms import critic as critic_lib
-from marft_jax.algorithms import losses, optim, schedules, scoring
+from marft_jax.algorithms import guard, losses, optim, schedules, scoring
 from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.batch import Batch
 from marft_jax.algorithms.config import ALGORITHMS, AlgorithmSpec, PPOConfig
@@ -41,7 +45,8 @@ from marft_jax.flexmg.trajectory import Trajectory
 
 Array = jax.Array
 
-__all__ = ["ALGORITHMS", "AlgorithmSpec", "PPOConfig", "TrainState", "make_update"]
+__all__ = ["ALGORITHMS", "AlgorithmSpec", "PPOConfig", "TrainState", "make_update",
+           "objective", "policy_objective"]
 
 
 def _credit_for(graph: CreditOrder | DependencyGraph | None, num_agents: int) -> CreditOrder:
@@ -81,6 +86,67 @@ def _micro_split(tree, steps: int):
     return jax.tree.map(split, tree)
 
 
+def policy_objective(terms: losses.PolicyTerms, config: PPOConfig) -> Array:
+    """`[A]` each agent's summed policy objective: surrogate loss − entropy bonus + KL
+    penalty (sums over its decisions; divide by their count for the mean)."""
+    return terms.loss - config.entropy_coef * terms.entropy + config.kl_coef * terms.kl_ref
+
+
+def zero_terms(num_agents: int) -> tuple[losses.PolicyTerms, losses.ValueTerms]:
+    """All-zero `(PolicyTerms, ValueTerms)` sums, `[A]` leaves (accumulators)."""
+    zeros = jnp.zeros((num_agents,))
+    return losses.PolicyTerms(*([zeros] * 6)), losses.ValueTerms(zeros, zeros)
+
+
+def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_count: Array,
+              value_count: Array) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
+    """The MARFT objective of one micro-batch, and its per-agent sums with counts.
+
+    Each agent contributes its policy objective divided by its decision count in the whole
+    minibatch (so micro-batch gradients add up to the minibatch's), only while scheduled;
+    the critic contributes `value_loss_coef` × the value loss summed over all agents and
+    divided by the minibatch's decision count. Pure; `make_update` differentiates it
+    w.r.t. `params`.
+
+    Args:
+        graphdef: the decoder's graph definition.
+        config: the update's configuration.
+        params: `(lora, critic)`, the differentiated parameters.
+        ctx: `(base, adapter_ids [A], scheduled [A] bool)`.
+        micro: the micro-batch, `[R, A, E_micro, ...]` leaves.
+        policy_count: `[A]` decisions (or tokens) of each agent in the whole minibatch, ≥ 1.
+        value_count: `[]` all decisions of the minibatch, ≥ 1.
+
+    Returns:
+        `(total, (policy_terms, value_terms))`: the scalar objective and the `[A]` sums of
+        this micro-batch (value terms are zero without a critic).
+    """
+    lora, critic = params
+    base, adapter_ids, scheduled = ctx
+    spec = config.spec
+    a = micro.obs_tokens.shape[1]
+    shared_trunk = spec.uses_critic and config.critic_trunk == "shared"
+    p = batch_lib.value_positions(config, micro.action_tokens.shape[-1])
+    scores = scoring.score_actions(
+        graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
+        micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None)
+    terms = losses.POLICY_LOSSES[spec.policy_loss](
+        scores.token_logprobs, micro.old_logprobs, micro.action_mask, micro.advantages,
+        scores.entropy, config.clip_eps, config.logprob_norm, micro.word_counts,
+        micro.ref_logprobs)
+    per_agent = policy_objective(terms, config) / policy_count  # [A]
+    total = jnp.sum(jnp.where(scheduled, per_agent, 0.0))
+    vterms = zero_terms(a)[1]
+    if spec.uses_critic:
+        feats = scores.features if shared_trunk else micro.base_features
+        head_ids = critic_lib.head_ids_for(config.critic_heads, a)
+        values = batch_lib.evaluate_values(critic, feats, head_ids, spec.level)
+        vterms = losses.value_terms(values, micro.old_values, micro.returns, micro.valid,
+                                    config.value_clip_eps, config.huber_delta)
+        total = total + config.value_loss_coef * jnp.sum(vterms.loss) / value_count
+    return total, (terms, vterms)
+
+
 def make_update(graphdef, config: PPOConfig,
                 graph: CreditOrder | DependencyGraph | None = None,
                 *, donate: bool = False, out_shardings: Any = None,
@@ -118,21 +184,16 @@ def make_update(graphdef, config: PPOConfig,
     constrain = constrain_batch or (lambda tree: tree)
     actor_tx = optim.actor_optimizer(config)
     critic_tx = optim.critic_optimizer(config)
-    policy_loss = losses.POLICY_LOSSES[spec.policy_loss]
 
     def update(state: TrainState, base, traj: Trajectory, key: Array,
                word_counts: Array | None = None, fault: tuple[Array, Array] | None = None):
         traj.check_shapes()
         r, a, e, _ = traj.obs_tokens.shape
-        k = traj.action_tokens.shape[-1]
         if config.logprob_norm == "word" and spec.level == "action" and word_counts is None:
             raise ConfigError("ppo config: logprob_norm='word' needs word_counts [R, A, E]")
         credit = _credit_for(graph, a)
         num_adapters = optim.num_adapters(state.lora)
         per_minibatch, per_micro = _sizes(config, e)
-        p = batch_lib.value_positions(config, k)
-        head_ids = critic_lib.head_ids_for(config.critic_heads, a)
-        shared_trunk = spec.uses_critic and config.critic_trunk == "shared"
 
         batch, stats = batch_lib.prepare_batch(
             graphdef, config, credit, state.lora, state.critic, base, traj, word_counts,
@@ -144,31 +205,9 @@ def make_update(graphdef, config: PPOConfig,
                                                credit.order)  # [A]
         adapters_scheduled = schedules.adapter_mask(scheduled, traj.adapter_ids, num_adapters)
         may_step = adapters_scheduled & ~warmup  # [NA]
+        to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids, num_adapters)
 
-        def objective(params, ctx, micro: Batch, policy_count, value_count):
-            lora, critic = params
-            base, adapter_ids, scheduled = ctx
-            scores = scoring.score_actions(
-                graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
-                micro.action_mask, adapter_ids,
-                num_value_positions=p if shared_trunk else None)
-            terms = policy_loss(scores.token_logprobs, micro.old_logprobs, micro.action_mask,
-                                micro.advantages, scores.entropy, config.clip_eps,
-                                config.logprob_norm, micro.word_counts, micro.ref_logprobs)
-            per_agent = (terms.loss - config.entropy_coef * terms.entropy
-                         + config.kl_coef * terms.kl_ref) / policy_count  # [A]
-            total = jnp.sum(jnp.where(scheduled, per_agent, 0.0))
-            vterms = losses.ValueTerms(loss=jnp.zeros((a,)), count=jnp.zeros((a,)))
-            if spec.uses_critic:
-                feats = scores.features if shared_trunk else micro.base_features
-                values = batch_lib.evaluate_values(critic, feats, head_ids, spec.level)
-                vterms = losses.value_terms(values, micro.old_values, micro.returns,
-                                            micro.valid, config.value_clip_eps,
-                                            config.huber_delta)
-                total = total + config.value_loss_coef * jnp.sum(vterms.loss) / value_count
-            return total, (terms, vterms)
-
-        grad_fn = jax.grad(objective, has_aux=True)
+        grad_fn = jax.grad(functools.partial(objective, graphdef, config), has_aux=True)
 
         def minibatch_grads(params, ctx, mb: Batch, policy_count, value_count):
             """Sums of the gradients and loss terms over the micro-batches of `mb`."""
@@ -177,9 +216,7 @@ def make_update(graphdef, config: PPOConfig,
                                        value_count)
                 return jax.tree.map(jnp.add, acc, (grads, terms)), None
 
-            zero_terms = (losses.PolicyTerms(*([jnp.zeros((a,))] * 6)),
-                          losses.ValueTerms(jnp.zeros((a,)), jnp.zeros((a,))))
-            init = (jax.tree.map(jnp.zeros_like, params), zero_terms)
+            init = (jax.tree.map(jnp.zeros_like, params), zero_terms(a))
             out, _ = jax.lax.scan(micro_step, init, _micro_split(mb, config.grad_accum_steps))
             return out
 
@@ -204,46 +241,24 @@ def make_update(graphdef, config: PPOConfig,
                     lora_grads)
 
             norms = optim.adapter_grad_norms(lora_grads)  # [NA]
-            to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids,
-                                                                num_adapters)
-            adapter_loss = to_adapter(terms.loss - config.entropy_coef * terms.entropy
-                                      + config.kl_coef * terms.kl_ref)
+            adapter_loss = to_adapter(policy_objective(terms, config))
             if fault is not None:
                 adapter_loss = adapter_loss + fault[0]
-            finite = jnp.isfinite(norms) & jnp.isfinite(adapter_loss)
-            kl = to_adapter(terms.approx_kl) / jnp.maximum(to_adapter(terms.count), 1.0)
-            kl_ok = (jnp.ones_like(finite) if config.target_kl is None
-                     else ~(kl > config.target_kl))
-            # An adapter none of whose decisions carries a nonzero advantage would follow
-            # only the entropy bonus / KL term, at Adam's full step size.
             signal = to_adapter(losses.per_agent_sum(mb.valid & (mb.advantages != 0))) > 0
-            signal_ok = signal if config.skip_no_signal else jnp.ones_like(signal)  # [NA]
-            apply = may_step & finite & kl_ok & signal_ok
+            critic_norm = optax.tree.norm(critic_grads)
+            checks = guard.step_checks(config, adapter_loss, norms, to_adapter(terms.approx_kl),
+                                       to_adapter(terms.count), signal, vterms.loss,
+                                       critic_norm)
+            apply, critic_apply, counters = guard.guard_steps(may_step, checks,
+                                                              spec.uses_critic)
             lora, actor_opt = optim.masked_actor_step(actor_tx, st.lora, st.actor_opt,
                                                       lora_grads, apply)
-            critic_norm = optax.tree.norm(critic_grads)
-            critic_finite = jnp.isfinite(critic_norm) & jnp.all(jnp.isfinite(vterms.loss))
-            critic_apply = critic_finite & spec.uses_critic
             critic, critic_opt = optim.masked_critic_step(critic_tx, st.critic, st.critic_opt,
                                                           critic_grads, critic_apply)
-            as_int = lambda x: x.astype(jnp.int32)
-            skipped_nonfinite = as_int(may_step & ~finite)
-            skipped_kl = as_int(may_step & finite & ~kl_ok)
-            skipped_no_signal = as_int(may_step & finite & kl_ok & ~signal_ok)
-            critic_skipped = as_int(~critic_finite & spec.uses_critic)
-            st = st.replace(
-                lora=lora, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt,
-                policy_steps=st.policy_steps + as_int(apply),
-                critic_steps=st.critic_steps + as_int(critic_apply),
-                skipped_nonfinite=st.skipped_nonfinite + skipped_nonfinite,
-                skipped_kl=st.skipped_kl + skipped_kl,
-                critic_skipped_nonfinite=st.critic_skipped_nonfinite + critic_skipped)
-            step_totals = dict(terms=terms, vterms=vterms, grad_norm=norms,
-                               critic_grad_norm=critic_norm, policy_steps=as_int(apply),
-                               skipped_nonfinite=skipped_nonfinite, skipped_kl=skipped_kl,
-                               skipped_no_signal=skipped_no_signal,
-                               critic_steps=as_int(critic_apply),
-                               critic_skipped_nonfinite=critic_skipped)
+            st = st.replace(lora=lora, critic=critic, actor_opt=actor_opt,
+                            critic_opt=critic_opt, counters=st.counters + counters)
+            step_totals = _Totals(terms=terms, vterms=vterms, grad_norm=norms,
+                                  critic_grad_norm=critic_norm, counters=counters)
             return (st, jax.tree.map(jnp.add, totals, step_totals)), None
 
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(config.epochs))
@@ -251,15 +266,10 @@ def make_update(graphdef, config: PPOConfig,
         used = config.num_minibatches * per_minibatch
         indices = perms[:, :used].reshape(config.epochs * config.num_minibatches,
                                           per_minibatch)
-        zeros_a = jnp.zeros((a,))
-        zeros_na = jnp.zeros((num_adapters,))
-        zero_i = jnp.zeros((num_adapters,), jnp.int32)
-        totals = dict(terms=losses.PolicyTerms(*([zeros_a] * 6)),
-                      vterms=losses.ValueTerms(zeros_a, zeros_a), grad_norm=zeros_na,
-                      critic_grad_norm=jnp.zeros(()), policy_steps=zero_i,
-                      skipped_nonfinite=zero_i, skipped_kl=zero_i, skipped_no_signal=zero_i,
-                      critic_steps=jnp.zeros((), jnp.int32),
-                      critic_skipped_nonfinite=jnp.zeros((), jnp.int32))
+        terms0, vterms0 = zero_terms(a)
+        totals = _Totals(terms=terms0, vterms=vterms0, grad_norm=jnp.zeros((num_adapters,)),
+                         critic_grad_norm=jnp.zeros(()),
+                         counters=guard.StepCounters.zeros(num_adapters))
         (state, totals), _ = jax.lax.scan(train_step, (state, totals), indices)
         state = state.replace(step=state.step + 1, samples=samples)
         metrics = _metrics(totals, indices.shape[0], stats, warmup, scheduled)
@@ -269,9 +279,21 @@ def make_update(graphdef, config: PPOConfig,
     return jax.jit(update, donate_argnums=(0,) if donate else (), **jit_options)
 
 
-def _metrics(totals, num_steps: int, stats, warmup, scheduled) -> dict[str, Array]:
+@struct.dataclass
+class _Totals:
+    """Sums over an update's minibatch steps: loss terms `[A]`, gradient norms (`[NA]`,
+    `[]`) and step counters."""
+
+    terms: losses.PolicyTerms
+    vterms: losses.ValueTerms
+    grad_norm: Array
+    critic_grad_norm: Array
+    counters: guard.StepCounters
+
+
+def _metrics(totals: _Totals, num_steps: int, stats, warmup, scheduled) -> dict[str, Array]:
     """Exact means over all minibatches from the accumulated sums and counts."""
-    terms, vterms = totals["terms"], totals["vterms"]
+    terms, vterms = totals.terms, totals.vterms
     count = jnp.maximum(terms.count, 1.0)
     metrics = {
         "policy_loss": terms.loss / count,
@@ -280,14 +302,9 @@ def _metrics(totals, num_steps: int, stats, warmup, scheduled) -> dict[str, Arra
         "clip_frac": terms.clip_frac / count,
         "kl_ref": terms.kl_ref / count,
         "value_loss": jnp.sum(vterms.loss) / jnp.maximum(jnp.sum(vterms.count), 1.0),
-        "grad_norm": totals["grad_norm"] / num_steps,
-        "critic_grad_norm": totals["critic_grad_norm"] / num_steps,
-        "policy_steps": totals["policy_steps"],
-        "skipped_nonfinite": totals["skipped_nonfinite"],
-        "skipped_kl": totals["skipped_kl"],
-        "skipped_no_signal": totals["skipped_no_signal"],
-        "critic_steps": totals["critic_steps"],
-        "critic_skipped_nonfinite": totals["critic_skipped_nonfinite"],
+        "grad_norm": totals.grad_norm / num_steps,
+        "critic_grad_norm": totals.critic_grad_norm / num_steps,
+        **totals.counters.as_dict(),
         "warmup": warmup,
         "scheduled": scheduled,
     }

@@ -1,4 +1,4 @@
-"""The training loop: rollout (one jit) -> update (one jit) -> metrics -> checkpoint.
+"""The training loop: iteration (rollout, prepare, update) -> metrics -> checkpoint.
 
 All randomness derives from the root key by `fold_in(iteration, phase)`, and the game state
 (in-progress episodes and the data cursor) is checkpointed with the adapters, critic and
@@ -20,41 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from marft_jax import parallel
 from marft_jax.algorithms.state import create_train_state
-from marft_jax.algorithms.update import make_update
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import init_game
-from marft_jax.flexmg.trajectory import trim_padding
 from marft_jax.training import faults as fault_lib
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
 from marft_jax.training.config import Experiment
 from marft_jax.training.evaluation import Evaluator
+from marft_jax.training.iteration import make_iteration, problem_group_size
 from marft_jax.training.run_dir import MetricsWriter, json_safe
-from marft_jax.training.setup import (RunSetup, build_setup, make_team_rollout, sampling_key,
-                                      word_counts)
-
-# Phases folded into the root key.
-_INIT_CRITIC, _INIT_GAME, _ROLLOUT, _UPDATE, _EVAL, _ROLLBACK = range(6)
+from marft_jax.training.setup import Phase, RunSetup, build_setup, sampling_key
 
 
 def run_key(seed: int, rollbacks: int = 0) -> jax.Array:
     """The root key of the iterations: the seed's, folded once more after each rollback."""
     root = jax.random.key(seed)
-    return root if rollbacks == 0 else sampling_key(root, _ROLLBACK, rollbacks)
-
-
-def rollout_metrics(traj) -> dict[str, Any]:
-    """Scalar summaries of a trajectory."""
-    lengths = jnp.sum(traj.action_mask, axis=-1)  # [R, A, E]
-    return {"score": jnp.mean(traj.scores),
-            "reward": jnp.mean(jnp.sum(traj.rewards, axis=1)),
-            "episodes_done": jnp.mean(traj.dones.astype(jnp.float32)),
-            "response_tokens": jnp.mean(lengths, axis=(0, 2))}
+    return root if rollbacks == 0 else sampling_key(root, Phase.ROLLBACK, rollbacks)
 
 
 def _meta(setup: RunSetup, step: int, fingerprint: str | None = None) -> dict[str, Any]:
@@ -73,11 +58,6 @@ def eval_batch(exp: Experiment) -> int:
     return exp.train.get("eval_batch", 0) or exp.config.rollout.num_envs
 
 
-def problem_group_size(exp: Experiment) -> int:
-    """Envs per problem: GRPO's group of samples, else 1."""
-    return exp.ppo.group_size if exp.ppo.spec.advantage == "grpo" else 1
-
-
 def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
     """`(TrainState, GameState)` of a fresh run: critic and problem order from the seed.
 
@@ -85,10 +65,10 @@ def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
     """
     exp = setup.exp
     root = jax.random.key(exp.seed)
-    state = create_train_state(exp.ppo, setup.lora, sampling_key(root, _INIT_CRITIC),
+    state = create_train_state(exp.ppo, setup.lora, sampling_key(root, Phase.INIT_CRITIC),
                                setup.model_config.hidden_size, exp.team.num_agents)
     game = init_game(setup.layout, setup.train.table, exp.config.rollout.num_envs,
-                     setup.state_size, sampling_key(root, _INIT_GAME),
+                     setup.state_size, sampling_key(root, Phase.INIT_GAME),
                      group_size=problem_group_size(exp))
     if plan is not None:
         state, game = plan.place_params(state), plan.place_game(game)
@@ -208,7 +188,7 @@ def evaluate_team(evaluators: dict[str, Evaluator], setup: RunSetup, lora, step:
     go to `run_dir/responses_<tag>[_sampled].jsonl`. The evaluators may be another seed's."""
     if not evaluators:
         return None
-    key = sampling_key(jax.random.key(setup.exp.seed), _EVAL)
+    key = sampling_key(jax.random.key(setup.exp.seed), Phase.EVAL)
     main = parallel.is_main_process()
     metrics: dict[str, Any] = {}
     for name, evaluator in evaluators.items():
@@ -245,16 +225,11 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     plan = parallel.plan_for(exp.mesh)
     main = parallel.is_main_process()
     setup = setup or prepare_setup(exp)
-    team, ppo = exp.team, exp.ppo
+    team = exp.team
     fingerprint = base_fingerprint(setup.model_config.to_dict(), setup.base)  # before placing
     setup = place_setup(setup, plan)
     state, game = initial_state(setup, plan)
-    temperature = float(exp.sampling["temperature"])
-    rollout = plan.jit_rollout(make_team_rollout(setup, setup.train, setup.rollout_config,
-                                                 temperature, plan=plan),
-                               group_size=problem_group_size(exp))
-    update = make_update(setup.graphdef, ppo, team.graph, **plan.update_options(state))
-    needs_words = ppo.logprob_norm == "word"
+    iteration = make_iteration(setup, plan, state=state)
     faults = fault_lib.fault_settings(exp.config)
 
     checkpointer = RunCheckpointer(run_dir, exp.train["keep_checkpoints"])
@@ -291,19 +266,12 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         t0 = time.perf_counter()
         step = it + 1
         fault_lib.kill_point("compile", step)
-        game, traj = rollout((setup.base, state.lora), game, sampling_key(root, _ROLLOUT, it))
-        traj = trim_padding(traj)
-        words = None
-        if needs_words:
-            actions = traj.replace(action_tokens=plan.fetch(traj.action_tokens),
-                                   action_mask=plan.fetch(traj.action_mask))
-            words = plan.place_envs(word_counts(setup, actions), axis=2)
+        # The critic is poisoned before the rollout, which does not read it.
         state = fault_lib.poison_critic(state, faults, step, rollbacks)
         fault = fault_lib.update_fault(faults, team.adapter_index, step, rollbacks)
-        state, metrics = update(state, setup.base, traj, sampling_key(root, _UPDATE, it),
-                                words, *(() if fault is None else (fault,)))
-        record = {"rollout": rollout_metrics(traj), "update": metrics}
-        record = jax.tree_util.tree_map(plan.fetch, record)
+        out = iteration(setup.base, state, game, root, it, fault=fault, timed=True)
+        state, game = out.state, out.game
+        record = jax.tree_util.tree_map(plan.fetch, out.record)
         if bool(np.any(plan.fetch(game.overflow))):
             raise RuntimeError("a game state outgrew its buffer (a bug in the size derivation)")
         fault_lib.kill_point("update", step)
@@ -317,8 +285,9 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         summary["last_score"] = float(record["rollout"]["score"])
         if main and (step % exp.train["log_every"] == 0 or step == end):
             sec = float(np.median(times[-5:]))
-            logging.info("iteration %d/%d  %.1fs/it  ETA %.0fs  score %.3f  reward %.3f  "
-                         "policy_loss %.4f  value_loss %.4f", step, total, sec,
+            logging.info("iteration %d/%d  %.1fs/it (%s)  ETA %.0fs  score %.3f  "
+                         "reward %.3f  policy_loss %.4f  value_loss %.4f", step, total, sec,
+                         ", ".join(f"{k} {v:.1f}s" for k, v in out.seconds.items()),
                          sec * (total - step), record["rollout"]["score"],
                          record["rollout"]["reward"],
                          float(np.mean(record["update"].get("policy_loss", np.nan))),

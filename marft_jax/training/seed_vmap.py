@@ -2,10 +2,11 @@
 
 Where the whole rollout is JAX (the token tasks: no host reward, no tokenizer), a seed is
 just a leading axis: the initial states of every seed are stacked, and one `jax.jit`
-compiles `vmap(seed -> scan(iteration -> rollout, update))`, so S seeds cost one
-compilation and run as one batched program. Each seed follows the same key schedule as
-`loop.train` (`fold_in(root, phase, iteration)`), so a vmapped seed reproduces the
-corresponding `experiments/train.py --config.seed=S` run up to float rounding (tested).
+compiles `vmap(seed -> scan(iteration))`, so S seeds cost one compilation and run as one
+batched program. The iteration is `loop.train`'s (`iteration.make_iteration`, traced:
+without the host-side padding trim), with the same key schedule, so a vmapped seed
+reproduces the corresponding `experiments/train.py --config.seed=S` run up to float
+rounding (tested).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from marft_jax.algorithms.update import make_update
 from marft_jax.envs.registry import get_task
 from marft_jax.errors import ConfigError
 from marft_jax.training.config import Experiment
-from marft_jax.training.loop import (_ROLLOUT, _UPDATE, evaluate_team, initial_state,
-                                     make_evaluators, rollout_metrics)
+from marft_jax.training.iteration import make_iteration
+from marft_jax.training.loop import evaluate_team, initial_state, make_evaluators
 from marft_jax.training.run_dir import MetricsWriter
-from marft_jax.training.setup import RunSetup, build_setup, make_team_rollout, sampling_key
+from marft_jax.training.setup import RunSetup, build_setup
 
 
 def can_vmap_seeds(exp: Experiment) -> bool:
@@ -59,18 +59,14 @@ def make_seed_program(setups: list[RunSetup]):
     `start .. start + length - 1` of every seed, jitted (once per `length`) and vmapped over a
     leading seed axis of `base, state, game, root`; `history` leaves are
     `[seeds, length, ...]`."""
-    s0 = setups[0]
-    exp = s0.exp
-    rollout = make_team_rollout(s0, s0.train, s0.rollout_config,
-                                float(exp.sampling["temperature"]))
-    update = make_update(s0.graphdef, exp.ppo, exp.team.graph)
+    # Traced: the padding trim needs concrete widths, which differ between seeds and
+    # iterations inside one program; every seed updates on the full-width trajectory.
+    iteration = make_iteration(setups[0], host_steps=False)
 
     def one_seed(base, state, game, root, start, length):
         def body(carry, it):
-            state, game = carry
-            game, traj = rollout((base, state.lora), game, sampling_key(root, _ROLLOUT, it))
-            state, metrics = update(state, base, traj, sampling_key(root, _UPDATE, it))
-            return (state, game), {"rollout": rollout_metrics(traj), "update": metrics}
+            out = iteration(base, *carry, root, it)
+            return (out.state, out.game), out.record
 
         iterations = start + jnp.arange(length)
         (state, game), history = jax.lax.scan(body, (state, game), iterations)

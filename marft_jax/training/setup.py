@@ -4,6 +4,7 @@ train / held-out tasks, the sampler and the rollouts."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any, Callable
 
 import jax
@@ -165,6 +166,17 @@ def word_counts(setup: RunSetup, traj) -> np.ndarray:
         text = setup.tokenizer.decode(actions[idx][mask[idx]]) if setup.tokenizer else ""
         counts[idx] = max(1, len(text.split()))
     return counts
+
+
+class Phase(enum.IntEnum):
+    """The phases of a run, folded into its root key (`sampling_key(root, phase, ...)`)."""
+
+    INIT_CRITIC = 0
+    INIT_GAME = 1
+    ROLLOUT = 2
+    UPDATE = 3
+    EVAL = 4
+    ROLLBACK = 5
 
 
 def sampling_key(root: jax.Array, *path: int) -> jax.Array:

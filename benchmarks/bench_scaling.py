@@ -1,13 +1,14 @@
 """Throughput against device count: rollout and update tokens/s per mesh layout.
 
-  python experiments/bench_scaling.py --devices=4 --config=configs/tiny_cpu.py \
+  python benchmarks/bench_scaling.py --devices=4 --config=configs/tiny_cpu.py \
       --config.rollout.num_envs=32 --layouts=1,1,1,auto/2,1,1,auto/4,1,1,auto
 
 Runs in one process on `--devices` devices (on a CPU host they are forced host devices:
 XLA_FLAGS is set before JAX starts, so with few cores this measures the overhead of
 sharding, not a speed-up). Each layout `DATA,FSDP,TP,MODE` builds its plan over the first
-DATA·FSDP·TP devices, compiles the rollout and the update, then times `--repeats` calls
-of each after a warm-up. Rollout tokens are the generated (real) action tokens; update
+DATA·FSDP·TP devices and runs the training iteration (`make_iteration`, as
+`experiments/train.py` does) `--repeats` times after a warm-up, timing its rollout and
+update phases. Rollout tokens are the generated (real) action tokens; update
 tokens are the `[obs ; action]` positions scored per epoch (trimmed rows × width ×
 epochs), so both count the work done, whatever the layout.
 """
@@ -42,16 +43,13 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON file for the figures.")
 
 
 def _bench(exp, layout: str, repeats: int) -> dict:
-    import time
-
     import jax
     import numpy as np
 
     from marft_jax import parallel
-    from marft_jax.algorithms.update import make_update
-    from marft_jax.flexmg.trajectory import trim_padding
+    from marft_jax.training.iteration import make_iteration
     from marft_jax.training.loop import initial_state, place_setup
-    from marft_jax.training.setup import build_setup, make_team_rollout
+    from marft_jax.training.setup import build_setup
 
     data, fsdp, tp, mode = layout.split(",")
     mesh = dict(data=int(data), fsdp=int(fsdp), tp=int(tp), mode=mode)
@@ -59,29 +57,19 @@ def _bench(exp, layout: str, repeats: int) -> dict:
     plan.check_update(exp.ppo, exp.config.rollout.num_envs)
     setup = place_setup(build_setup(exp), plan)
     state, game = initial_state(setup, plan)
-    rollout = plan.jit_rollout(make_team_rollout(
-        setup, setup.train, setup.rollout_config, float(exp.sampling["temperature"]),
-        plan=plan))
-    update = make_update(setup.graphdef, exp.ppo, exp.team.graph, **plan.update_options(state))
+    iteration = make_iteration(setup, plan, state=state)
+    root = jax.random.key(exp.seed)
     times = {"rollout": [], "update": []}
     tokens = {"rollout": [], "update": []}
     compile_s = {}
     for i in range(repeats + 1):
-        key = jax.random.key(i)
-        t0 = time.perf_counter()
-        game, traj = rollout((setup.base, state.lora), game, key)
-        jax.block_until_ready(traj)
-        t1 = time.perf_counter()
-        traj = trim_padding(traj)
-        t2 = time.perf_counter()
-        state, metrics = update(state, setup.base, traj, key)
-        jax.block_until_ready((state, metrics))
-        t3 = time.perf_counter()
+        out = iteration(setup.base, state, game, root, i, timed=True)
+        state, game, traj = out.state, out.game, out.traj
         if i == 0:
-            compile_s = {"rollout": t1 - t0, "update": t3 - t2}
+            compile_s = {"rollout": out.seconds["rollout"], "update": out.seconds["update"]}
             continue
-        times["rollout"].append(t1 - t0)
-        times["update"].append(t3 - t2)
+        times["rollout"].append(out.seconds["rollout"])
+        times["update"].append(out.seconds["update"])
         tokens["rollout"].append(int(np.sum(parallel.Plan.fetch(traj.action_mask))))
         r, a, e, o = traj.obs_tokens.shape
         tokens["update"].append(r * a * e * (o + traj.action_tokens.shape[-1])

@@ -11,7 +11,7 @@ one factor of the baseline (unrolled layers, separate projections, einsum attent
 decoder's all-adapter LoRA, f32 weights); variants are timed alternately, --repeats times,
 and the medians printed as ms per step.
 
-  python experiments/decode_variants.py --batch=8 --repeats=5
+  python benchmarks/decode_variants.py --batch=8 --repeats=5
 """
 
 import argparse

@@ -8,7 +8,7 @@ of new tokens per second (prefill included), their ratio, our prefill time and p
 decode time, and our decode's achieved memory bandwidth (weight + KV-cache bytes read per
 step / step time) next to a large numpy copy's bandwidth measured in the same run.
 
-    .venv/bin/python experiments/bench_generate.py --batches=8,32 --new_tokens=64 \
+    .venv/bin/python benchmarks/bench_generate.py --batches=8,32 --new_tokens=64 \
         --out=runs/bench_generate.json
 """
 

@@ -12,14 +12,14 @@ decode shapes (batch b, one new token, a KV cache of --slots slots):
                 streaming a decode step cannot avoid, with no attention, norms or LoRA
   copy          a numpy copy of the layers' weight bytes (the memory-bandwidth floor)
 
-  python experiments/profile_decode.py --batch=8 --dtype=float32
+  python benchmarks/profile_decode.py --batch=8 --dtype=float32
 
 With --op_breakdown it instead traces one whole `generate_with_cache` call (prefill, then
 --new_tokens greedy decode steps, f32 compute) with the JAX profiler and prints the XLA:CPU
 thread time per HLO op (summed over the pool's threads, by the op's JAX name), the call's
 wall time, and how busy the threads were: thread time / (threads x wall).
 
-  python experiments/profile_decode.py --op_breakdown --batch=8 --new_tokens=64
+  python benchmarks/profile_decode.py --op_breakdown --batch=8 --new_tokens=64
 """
 
 import argparse

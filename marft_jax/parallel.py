@@ -40,13 +40,16 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from marft_jax.errors import ConfigError
+from marft_jax.models.projections import PROJECTIONS
 
 AXES = ("data", "fsdp", "tp")
 BATCH_AXES = ("data", "fsdp")
 MODES = ("auto", "shard_map")
 
-_COL = r"(q_proj|k_proj|v_proj|gate_proj|up_proj)'\]"  # kernel [hidden, out]
-_ROW = r"(o_proj|down_proj)'\]"  # kernel [in, hidden]
+# Projections by kernel layout (models/projections.py): column-parallel [hidden, out],
+# row-parallel [in, hidden].
+_COL = "({})'\\]".format("|".join(p for p, v in PROJECTIONS.items() if not v.row_parallel))
+_ROW = "({})'\\]".format("|".join(p for p, v in PROJECTIONS.items() if v.row_parallel))
 # (regex searched in the leaf's key path, spec of the leaf's dimensions); first match wins.
 RULES: tuple[tuple[str, tuple], ...] = (
     (_COL + r".*'kernel'", ("fsdp", "tp")),

@@ -34,6 +34,7 @@ def main(argv):
     import jax
 
     from marft_jax.errors import ConfigError
+    from marft_jax.models.layers import BASE_ADAPTER
     from marft_jax.models.weights import load_model
     from marft_jax.sampling import Sampler, SamplerConfig
     from marft_jax.tokenizer import Tokenizer
@@ -55,7 +56,8 @@ def main(argv):
         stop_token_ids=tokenizer.stop_token_ids, pad_token_id=tokenizer.pad_token_id),
         default_temperature=_TEMPERATURE.value)
     t0 = time.perf_counter()
-    gen = sampler(model.base, model.lora, ids, adapter_ids=-1, key=jax.random.key(_SEED.value))
+    gen = sampler(model.base, model.lora, ids, adapter_ids=BASE_ADAPTER,
+                  key=jax.random.key(_SEED.value))
     seconds = time.perf_counter() - t0
     for prompt, tokens, mask in zip(prompts, gen.tokens, gen.mask):
         print(f"\n>>> {prompt}\n{tokenizer.decode(tokens[mask])}")

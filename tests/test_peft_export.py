@@ -17,6 +17,7 @@ from marft_jax.errors import ConfigError
 from marft_jax.models import functional as F
 from marft_jax.models import peft_export as P
 from marft_jax.models.config import LORA_TARGETS, LoraConfig
+from marft_jax.models.layers import BASE_ADAPTER
 from marft_jax.models.weights import load_model
 from tests.conftest import tiny_config
 
@@ -123,7 +124,7 @@ def test_exported_adapter_matches_peft(model_type, checkpoints, tmp_path):
     assert diff <= 1e-3
     # The comparison has teeth: the other adapter and the bare base give other logits.
     assert np.max(np.abs(_our_logits(graphdef, base, lora, 0) - ref)) > 1e-2
-    assert np.max(np.abs(_our_logits(graphdef, base, lora, -1) - ref)) > 1e-2
+    assert np.max(np.abs(_our_logits(graphdef, base, lora, BASE_ADAPTER) - ref)) > 1e-2
 
     # Same file layout as peft's own save_pretrained for the same LoRA config.
     reference = peft.get_peft_model(_fresh_hf(transformers, torch, checkpoints[model_type]),
@@ -164,15 +165,15 @@ def test_merged_checkpoint_matches_adapter(model_type, checkpoints, tmp_path):
     plain = _hf_logits(torch, _fresh_hf(transformers, torch, merged_dir))
     diff_hf = float(np.max(np.abs(ours - plain)))
     reloaded = load_model(str(merged_dir))
-    mine = _our_logits(reloaded.graphdef, reloaded.base, reloaded.lora, -1)
+    mine = _our_logits(reloaded.graphdef, reloaded.base, reloaded.lora, BASE_ADAPTER)
     diff_ours = float(np.max(np.abs(ours - mine)))
     print(f"{model_type}: merged transformers max |dlogit| = {diff_hf:.2e}, "
           f"merged load_model = {diff_ours:.2e}")
     assert diff_hf <= 1e-3 and diff_ours <= 1e-3
-    assert np.max(np.abs(_our_logits(graphdef, base, lora, -1) - plain)) > 1e-2
+    assert np.max(np.abs(_our_logits(graphdef, base, lora, BASE_ADAPTER) - plain)) > 1e-2
     assert Tokenizer.from_pretrained(merged_dir).encode("hi hi") == [2, 2]
     # The base state passed in is untouched.
-    assert np.max(np.abs(_our_logits(graphdef, base, lora, -1) - mine)) > 1e-2
+    assert np.max(np.abs(_our_logits(graphdef, base, lora, BASE_ADAPTER) - mine)) > 1e-2
 
 
 @pytest.mark.parametrize("alpha,rslora,targets", [(8, False, QV), (16, True, ("q_proj",))])

@@ -9,6 +9,7 @@ import pytest
 
 from marft_jax.models import functional as F
 from marft_jax.models.config import LoraConfig
+from marft_jax.models.layers import BASE_ADAPTER
 from marft_jax.sampling import (Generation, Sampler, SamplerConfig, argmax, draw, generate,
                                 sample_logprobs)
 from tests.conftest import tiny_config
@@ -177,11 +178,11 @@ def test_logprobs_equal_full_forward_recomputation(model, top_k, top_p):
 
 def test_mixed_adapter_batch_equals_per_adapter_calls(model):
     tokens, mask = _prompts(batch=6, length=7, seed=4)
-    ids = np.array([2, 0, -1, 2, -1, 0])
+    ids = np.array([2, 0, BASE_ADAPTER, 2, BASE_ADAPTER, 0])
     keys = jax.random.split(jax.random.key(5), 6)  # one key per row
     config = SamplerConfig(max_new_tokens=N, top_k=30, pad_token_id=0)
     mixed = _gen(model, tokens, mask, ids, keys, 0.8, N, config)
-    for adapter in (2, 0, -1):
+    for adapter in (2, 0, BASE_ADAPTER):
         rows = np.flatnonzero(ids == adapter)
         alone = _gen(model, tokens[rows], mask[rows], adapter, keys[rows], 0.8, N, config)
         _assert_generation_equal(jax.tree.map(lambda x: x[rows], mixed), alone)

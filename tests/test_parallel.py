@@ -176,6 +176,41 @@ def test_rules_cover_every_weight_kind():
     assert cache == P(("data", "fsdp"), "tp", None, None)
 
 
+def test_every_rollout_field_declares_its_env_axis():
+    """`Plan` splits `Trajectory` and `GameState` by their fields' declared env axes: a field
+    added without one fails here (and in `env_axes`), not silently in a multi-device run."""
+    import dataclasses
+
+    import jax
+    from flax import struct
+    from jax.sharding import Mesh
+
+    from marft_jax.flexmg.env_axes import env_axes, env_field
+    from marft_jax.flexmg.game import GameState
+    from marft_jax.flexmg.trajectory import Trajectory
+
+    for cls in (Trajectory, GameState):
+        arrays = [f.name for f in dataclasses.fields(cls) if f.metadata.get("pytree_node", True)]
+        axes = env_axes(cls)
+        assert list(axes) == arrays
+        assert all(a.axis is None or 0 <= a.axis < a.rank for a in axes.values()), axes
+
+    @struct.dataclass
+    class Undeclared:
+        declared: jax.Array = env_field(0, 1)
+        added: jax.Array = struct.field()
+
+    with pytest.raises(TypeError, match="Undeclared.added declares no env axis"):
+        env_axes(Undeclared)
+    plan = parallel.Plan(Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), parallel.AXES))
+    traj, game = plan.trajectory_shardings(), plan.game_shardings(group_size=2)
+    batch = parallel.BATCH_AXES
+    assert traj.obs_tokens.spec == P(None, None, batch, None)
+    assert traj.dones.spec == P(None, batch) and traj.next_obs_mask.spec == P(batch, None)
+    assert traj.adapter_ids.spec == P() and game.order.spec == P() and game.cursor.spec == P()
+    assert game.tokens.spec == P(batch, None) and game.group_size == 2
+
+
 def test_axis_sizes_fill_the_rest_and_name_bad_fields():
     assert parallel.resolve_axis_sizes(-1, 1, 1, 8) == (8, 1, 1)
     assert parallel.resolve_axis_sizes(2, -1, 2, 8) == (2, 2, 2)

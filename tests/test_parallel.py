@@ -109,15 +109,18 @@ def _assert_same_run(jobs, name: str, reference: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["data4", "data2_fsdp2", "data2_tp2", "shard_map4"])
+@pytest.mark.slow
 def test_sharded_training_matches_one_device(jobs, name):
     _assert_same_run(jobs, name, "one")
     assert _result(jobs, "one")[1]["mesh"] == {"data": 1, "fsdp": 1, "tp": 1}
 
 
+@pytest.mark.slow
 def test_shard_map_mode_matches_sharded_jit(jobs):
     _assert_same_run(jobs, "shard_map4", "data4")
 
 
+@pytest.mark.slow
 def test_layouts_really_split_weights_and_environments(jobs):
     q_b = "['train'].lora['layers'][0]['self_attn']['q_proj']['lora_b'].value"
     q_a = "['train'].lora['layers'][0]['self_attn']['q_proj']['lora_a'].value"
@@ -132,6 +135,7 @@ def test_layouts_really_split_weights_and_environments(jobs):
     assert specs["data4"]["['game'].order"] == str(P())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(jobs):
     _assert_same_run(jobs, "two_processes", "data2_fsdp2")  # the same mesh in one process
     _assert_same_run(jobs, "two_processes", "one")
@@ -254,6 +258,7 @@ def test_single_process_without_settings_does_not_initialize(monkeypatch):
         parallel.initialize_distributed()
 
 
+@pytest.mark.slow
 def test_train_entry_refuses_a_mesh_larger_than_the_devices(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"),

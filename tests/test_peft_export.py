@@ -19,7 +19,7 @@ from marft_jax.models import peft_export as P
 from marft_jax.models.config import LORA_TARGETS, LoraConfig
 from marft_jax.models.layers import BASE_ADAPTER
 from marft_jax.models.weights import load_model
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_hf_model
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # raised inside peft
@@ -36,24 +36,6 @@ def _stack():
     return torch, transformers, peft
 
 
-def _build_hf_model(torch, transformers, model_type):
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default",
-                                                      "rope_theta": 10000.0})
-    if model_type == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-            tie_word_embeddings=True, **common))
-    else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            tie_word_embeddings=False, **common))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """`{model_type: directory}` of random tiny transformers checkpoints."""
@@ -61,7 +43,7 @@ def checkpoints(tmp_path_factory):
     out = {}
     for model_type in CASES:
         directory = tmp_path_factory.mktemp(model_type)
-        _build_hf_model(torch, transformers, model_type).save_pretrained(directory)
+        tiny_hf_model(model_type, torch, transformers).save_pretrained(directory)
         out[model_type] = directory
     return out
 

@@ -1,66 +1,6 @@
-"""Chat with a model (and optionally trained adapters) through its chat template.
+"""`python experiments/generate.py ...`: the same as `marft-generate` (see `marft_jax/cli/generate.py`)."""
 
-  python experiments/generate.py                                   # SmolLM2, a few prompts
-  python experiments/generate.py --prompt="What is 23 + 45?" --temperature=0
-  python experiments/generate.py --model=/path/to/hf_dir --max_new_tokens=128
-
-A smoke test of the whole generation stack: registry, GGUF/HF import, tokenizer, sampler.
-"""
-
-import os
-import sys
-import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-
-_MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "Registered name, HF "
-                             "directory or GGUF file.")
-_PROMPT = flags.DEFINE_multi_string("prompt", None, "User message(s); default: a few examples.")
-_SYSTEM = flags.DEFINE_string("system", None, "Optional system message.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per answer.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 50, "Top-k (0 = off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-
-EXAMPLES = ["What is the capital of France?",
-            "Tom has 23 apples and buys 45 more. How many apples does he have now? "
-            "Put the final answer in \\boxed{}."]
-
-
-def main(argv):
-    del argv
-    import jax
-
-    from marft_jax.errors import ConfigError
-    from marft_jax.models.weights import load_model
-    from marft_jax.sampling import Sampler, SamplerConfig
-    from marft_jax.tokenizer import Tokenizer
-
-    try:
-        t0 = time.perf_counter()
-        model = load_model(_MODEL.value)
-        tokenizer = Tokenizer.from_model_source(model.source)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"loaded {model.source.path} in {time.perf_counter() - t0:.1f}s")
-    prompts = _PROMPT.value or EXAMPLES
-    system = [{"role": "system", "content": _SYSTEM.value}] if _SYSTEM.value else []
-    ids = [tokenizer.apply_chat_template(system + [{"role": "user", "content": p}])
-           for p in prompts]
-    sampler = Sampler(model.graphdef, SamplerConfig(
-        max_new_tokens=_MAX_NEW.value, top_k=_TOP_K.value,
-        stop_token_ids=tokenizer.stop_token_ids, pad_token_id=tokenizer.pad_token_id),
-        default_temperature=_TEMPERATURE.value)
-    t0 = time.perf_counter()
-    gen = sampler(model.base, model.lora, ids, adapter_ids=-1, key=jax.random.key(_SEED.value))
-    seconds = time.perf_counter() - t0
-    for prompt, tokens, mask in zip(prompts, gen.tokens, gen.mask):
-        print(f"\n>>> {prompt}\n{tokenizer.decode(tokens[mask])}")
-    print(f"\n{int(gen.mask.sum())} tokens in {seconds:.1f}s (compilation included)")
-
+from marft_jax.cli.generate import main
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -9,12 +9,9 @@ hard-timeout worker. Prints each grader's accuracy against the labels and their 
 (BUILD_NOTES.md, "Reliability (issue 15)"); --show lists the disagreements.
 """
 
-import os
-import sys
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from marft_jax.training.entry import put_project_on_path
 
 _SHOW = flags.DEFINE_bool("show", False, "List the cases where the graders disagree.")
 
@@ -50,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    put_project_on_path()  # the cases come from tests/
     app.run(main)

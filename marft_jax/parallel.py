@@ -40,13 +40,16 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from marft_jax.errors import ConfigError
+from marft_jax.models.projections import PROJECTIONS
 
 AXES = ("data", "fsdp", "tp")
 BATCH_AXES = ("data", "fsdp")
 MODES = ("auto", "shard_map")
 
-_COL = r"(q_proj|k_proj|v_proj|gate_proj|up_proj)'\]"  # kernel [hidden, out]
-_ROW = r"(o_proj|down_proj)'\]"  # kernel [in, hidden]
+# Projections by kernel layout (models/projections.py): column-parallel [hidden, out],
+# row-parallel [in, hidden].
+_COL = "({})'\\]".format("|".join(p for p, v in PROJECTIONS.items() if not v.row_parallel))
+_ROW = "({})'\\]".format("|".join(p for p, v in PROJECTIONS.items() if v.row_parallel))
 # (regex searched in the leaf's key path, spec of the leaf's dimensions); first match wins.
 RULES: tuple[tuple[str, tuple], ...] = (
     (_COL + r".*'kernel'", ("fsdp", "tp")),
@@ -180,26 +183,32 @@ class Plan:
         """Puts every leaf where `RULES` says (works on one process or many)."""
         return jax.device_put(tree, self.param_shardings(tree))
 
+    def struct_shardings(self, cls: type, **static: Any):
+        """A `cls` of shardings built from its fields' declared env axes (`env_field`):
+        each env axis split over the env shards, fields without one replicated.
+
+        Args:
+            cls: a struct class whose pytree fields declare env axes (`Trajectory`,
+                `GameState`).
+            **static: its static (non-pytree) fields, e.g. `group_size`.
+        """
+        from marft_jax.flexmg.env_axes import env_axes
+
+        return cls(**{name: self.replicated if a.axis is None else
+                      self.env_sharding(a.rank, a.axis)
+                      for name, a in env_axes(cls).items()}, **static)
+
     def game_shardings(self, group_size: int = 1):
         """A `GameState` of shardings: per-env fields split, the problem order replicated."""
         from marft_jax.flexmg.game import GameState
 
-        env = lambda rank: self.env_sharding(rank, 0)
-        return GameState(tokens=env(2), length=env(1), round=env(1), problem_id=env(1),
-                         order=self.replicated, cursor=self.replicated, overflow=env(1),
-                         group_size=group_size)
+        return self.struct_shardings(GameState, group_size=group_size)
 
     def trajectory_shardings(self):
-        """A `Trajectory` of shardings: the env axis split (axis 2, or 1 / 0 where noted)."""
+        """A `Trajectory` of shardings: the env axis split (axis 2, or 1 / 0 where declared)."""
         from marft_jax.flexmg.trajectory import Trajectory
 
-        rae = lambda rank: self.env_sharding(rank, 2)
-        return Trajectory(
-            obs_tokens=rae(4), obs_mask=rae(4), action_tokens=rae(4), action_mask=rae(4),
-            behaviour_logprobs=rae(4), policy_logprobs=rae(4), rewards=rae(3),
-            dones=self.env_sharding(2, 1), scores=self.env_sharding(2, 1),
-            next_obs_tokens=self.env_sharding(2, 0), next_obs_mask=self.env_sharding(2, 0),
-            adapter_ids=self.replicated)
+        return self.struct_shardings(Trajectory)
 
     def place_game(self, game):
         """Splits the environments of a (host-identical) game state over the mesh."""

@@ -30,6 +30,26 @@ def jax_subprocess_env(**extra: str) -> dict[str, str]:
 
 from marft_jax.models.config import LoraConfig, ModelConfig, RopeConfig  # noqa: E402
 
+# jax.monitoring's event for one trace of a jitted function (its `fun_name` keyword names it).
+JIT_TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
+@pytest.fixture
+def jit_traces():
+    """`jit_traces(fun_name)`: how often `jax.jit` traced functions named `fun_name` since the
+    test started (a retrace is a recompilation), counted through `jax.monitoring`."""
+    import jax
+
+    names: list[str] = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == JIT_TRACE_EVENT:
+            names.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    yield names.count
+    jax.monitoring.unregister_event_duration_listener(listen)
+
 
 def tiny_config(model_type: str = "llama", **changes) -> ModelConfig:
     """A 2-layer, d=64 decoder with a 256-token vocabulary."""
@@ -40,6 +60,27 @@ def tiny_config(model_type: str = "llama", **changes) -> ModelConfig:
                 attention_bias=model_type == "qwen2")
     base.update(changes)
     return ModelConfig(**base)
+
+
+def tiny_hf_model(model_type: str, torch, transformers):
+    """transformers' model of `tiny_config(model_type)`, every parameter (biases and norms
+    included) drawn from N(0, 0.1) after `torch.manual_seed(0)`; in training mode."""
+    c = tiny_config(model_type)
+    common = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+                  intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
+                  num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+                  max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
+                  rope_parameters={"rope_type": "default", "rope_theta": c.rope.theta},
+                  tie_word_embeddings=c.tie_word_embeddings)
+    if model_type == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
 
 
 @pytest.fixture

@@ -230,6 +230,7 @@ def test_smollm2_config():
     assert {k: config[k] for k in expected} == expected
 
 
+@pytest.mark.slow
 def test_smollm2_matches_transformers_gguf_conversion(smollm2_transformers):
     path = _smollm2_path()
     model = smollm2_transformers

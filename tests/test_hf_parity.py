@@ -7,6 +7,7 @@ import pytest
 from marft_jax.models import functional as F
 from marft_jax.models.config import LoraConfig
 from marft_jax.models.weights import load_model
+from tests.conftest import tiny_hf_model
 
 torch = pytest.importorskip(
     "torch", reason="parity with transformers needs torch (the 'test' extra; CI installs it)")
@@ -14,20 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _hf_model(model_type: str, tmp_path):
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default",
-                                                      "rope_theta": 10000.0})
-    if model_type == "qwen2":
-        cfg = transformers.Qwen2Config(tie_word_embeddings=True, **common)
-        model = transformers.Qwen2ForCausalLM(cfg)
-    else:
-        cfg = transformers.LlamaConfig(tie_word_embeddings=False, **common)
-        model = transformers.LlamaForCausalLM(cfg)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():  # random everything, biases and norms included
-            p.normal_(0.0, 0.1)
+    model = tiny_hf_model(model_type, torch, transformers)
     model.eval()
     model.save_pretrained(tmp_path)
     return model
@@ -60,6 +48,7 @@ def test_logits_match_transformers(model_type, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_smollm2_logits_match_transformers_gguf_load(smollm2_ours, smollm2_transformers,
                                                      smollm2_tokenizer):
     """Our GGUF import + decoder against transformers' own GGUF conversion, chat prompts."""

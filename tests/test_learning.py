@@ -13,6 +13,8 @@ from marft_jax.training.run_dir import read_metrics
 from marft_jax.training.seed_vmap import train_seeds
 from marft_jax.training.study import load_config
 
+pytestmark = pytest.mark.slow  # 100-iteration training runs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

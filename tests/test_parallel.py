@@ -109,15 +109,18 @@ def _assert_same_run(jobs, name: str, reference: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["data4", "data2_fsdp2", "data2_tp2", "shard_map4"])
+@pytest.mark.slow
 def test_sharded_training_matches_one_device(jobs, name):
     _assert_same_run(jobs, name, "one")
     assert _result(jobs, "one")[1]["mesh"] == {"data": 1, "fsdp": 1, "tp": 1}
 
 
+@pytest.mark.slow
 def test_shard_map_mode_matches_sharded_jit(jobs):
     _assert_same_run(jobs, "shard_map4", "data4")
 
 
+@pytest.mark.slow
 def test_layouts_really_split_weights_and_environments(jobs):
     q_b = "['train'].lora['layers'][0]['self_attn']['q_proj']['lora_b'].value"
     q_a = "['train'].lora['layers'][0]['self_attn']['q_proj']['lora_a'].value"
@@ -132,6 +135,7 @@ def test_layouts_really_split_weights_and_environments(jobs):
     assert specs["data4"]["['game'].order"] == str(P())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(jobs):
     _assert_same_run(jobs, "two_processes", "data2_fsdp2")  # the same mesh in one process
     _assert_same_run(jobs, "two_processes", "one")
@@ -174,6 +178,41 @@ def test_rules_cover_every_weight_kind():
     assert spec("['embed_tokens'].value", (255, 64)) == P(None, "fsdp")
     cache = parallel.fit_spec(parallel.KV_CACHE_SPEC, (8, 2, 40, 16), mesh)
     assert cache == P(("data", "fsdp"), "tp", None, None)
+
+
+def test_every_rollout_field_declares_its_env_axis():
+    """`Plan` splits `Trajectory` and `GameState` by their fields' declared env axes: a field
+    added without one fails here (and in `env_axes`), not silently in a multi-device run."""
+    import dataclasses
+
+    import jax
+    from flax import struct
+    from jax.sharding import Mesh
+
+    from marft_jax.flexmg.env_axes import env_axes, env_field
+    from marft_jax.flexmg.game import GameState
+    from marft_jax.flexmg.trajectory import Trajectory
+
+    for cls in (Trajectory, GameState):
+        arrays = [f.name for f in dataclasses.fields(cls) if f.metadata.get("pytree_node", True)]
+        axes = env_axes(cls)
+        assert list(axes) == arrays
+        assert all(a.axis is None or 0 <= a.axis < a.rank for a in axes.values()), axes
+
+    @struct.dataclass
+    class Undeclared:
+        declared: jax.Array = env_field(0, 1)
+        added: jax.Array = struct.field()
+
+    with pytest.raises(TypeError, match="Undeclared.added declares no env axis"):
+        env_axes(Undeclared)
+    plan = parallel.Plan(Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), parallel.AXES))
+    traj, game = plan.trajectory_shardings(), plan.game_shardings(group_size=2)
+    batch = parallel.BATCH_AXES
+    assert traj.obs_tokens.spec == P(None, None, batch, None)
+    assert traj.dones.spec == P(None, batch) and traj.next_obs_mask.spec == P(batch, None)
+    assert traj.adapter_ids.spec == P() and game.order.spec == P() and game.cursor.spec == P()
+    assert game.tokens.spec == P(batch, None) and game.group_size == 2
 
 
 def test_axis_sizes_fill_the_rest_and_name_bad_fields():
@@ -219,6 +258,7 @@ def test_single_process_without_settings_does_not_initialize(monkeypatch):
         parallel.initialize_distributed()
 
 
+@pytest.mark.slow
 def test_train_entry_refuses_a_mesh_larger_than_the_devices(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"),

@@ -17,8 +17,9 @@ from marft_jax.errors import ConfigError
 from marft_jax.models import functional as F
 from marft_jax.models import peft_export as P
 from marft_jax.models.config import LORA_TARGETS, LoraConfig
+from marft_jax.models.layers import BASE_ADAPTER
 from marft_jax.models.weights import load_model
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_hf_model
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # raised inside peft
@@ -35,24 +36,6 @@ def _stack():
     return torch, transformers, peft
 
 
-def _build_hf_model(torch, transformers, model_type):
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default",
-                                                      "rope_theta": 10000.0})
-    if model_type == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-            tie_word_embeddings=True, **common))
-    else:
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            tie_word_embeddings=False, **common))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
-    return model
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """`{model_type: directory}` of random tiny transformers checkpoints."""
@@ -60,7 +43,7 @@ def checkpoints(tmp_path_factory):
     out = {}
     for model_type in CASES:
         directory = tmp_path_factory.mktemp(model_type)
-        _build_hf_model(torch, transformers, model_type).save_pretrained(directory)
+        tiny_hf_model(model_type, torch, transformers).save_pretrained(directory)
         out[model_type] = directory
     return out
 
@@ -123,7 +106,7 @@ def test_exported_adapter_matches_peft(model_type, checkpoints, tmp_path):
     assert diff <= 1e-3
     # The comparison has teeth: the other adapter and the bare base give other logits.
     assert np.max(np.abs(_our_logits(graphdef, base, lora, 0) - ref)) > 1e-2
-    assert np.max(np.abs(_our_logits(graphdef, base, lora, -1) - ref)) > 1e-2
+    assert np.max(np.abs(_our_logits(graphdef, base, lora, BASE_ADAPTER) - ref)) > 1e-2
 
     # Same file layout as peft's own save_pretrained for the same LoRA config.
     reference = peft.get_peft_model(_fresh_hf(transformers, torch, checkpoints[model_type]),
@@ -164,15 +147,15 @@ def test_merged_checkpoint_matches_adapter(model_type, checkpoints, tmp_path):
     plain = _hf_logits(torch, _fresh_hf(transformers, torch, merged_dir))
     diff_hf = float(np.max(np.abs(ours - plain)))
     reloaded = load_model(str(merged_dir))
-    mine = _our_logits(reloaded.graphdef, reloaded.base, reloaded.lora, -1)
+    mine = _our_logits(reloaded.graphdef, reloaded.base, reloaded.lora, BASE_ADAPTER)
     diff_ours = float(np.max(np.abs(ours - mine)))
     print(f"{model_type}: merged transformers max |dlogit| = {diff_hf:.2e}, "
           f"merged load_model = {diff_ours:.2e}")
     assert diff_hf <= 1e-3 and diff_ours <= 1e-3
-    assert np.max(np.abs(_our_logits(graphdef, base, lora, -1) - plain)) > 1e-2
+    assert np.max(np.abs(_our_logits(graphdef, base, lora, BASE_ADAPTER) - plain)) > 1e-2
     assert Tokenizer.from_pretrained(merged_dir).encode("hi hi") == [2, 2]
     # The base state passed in is untouched.
-    assert np.max(np.abs(_our_logits(graphdef, base, lora, -1) - mine)) > 1e-2
+    assert np.max(np.abs(_our_logits(graphdef, base, lora, BASE_ADAPTER) - mine)) > 1e-2
 
 
 @pytest.mark.parametrize("alpha,rslora,targets", [(8, False, QV), (16, True, ("q_proj",))])

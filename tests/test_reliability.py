@@ -83,6 +83,7 @@ def reference(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_kills_at_named_moments_then_resume_match_an_uninterrupted_run(reference, tmp_path):
     """A 3-iteration run killed while compiling (before any checkpoint: the "before" row
     must not double), during a checkpoint save, mid-iteration and after its final
@@ -101,6 +102,7 @@ def test_kills_at_named_moments_then_resume_match_an_uninterrupted_run(reference
     _assert_same_state(_final_state(run_dir, 4), _final_state(reference, 4))
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_and_is_kept(reference, tmp_path):
     from marft_jax.training.config import finalize
     from marft_jax.training.loop import load_trained_state
@@ -125,6 +127,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(reference, tmp_path):
     assert load_trained_state(setup, run_dir)[1] == 3
 
 
+@pytest.mark.slow
 def test_poisoned_critic_is_noticed_rolled_back_and_never_checkpointed(tmp_path):
     run_dir = tmp_path / "poisoned"
     proc = _train(run_dir, "--config.faults.kind=nan_critic", "--config.faults.iteration=2",

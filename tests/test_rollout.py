@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from marft_jax.envs.math.datasets import MathProblem
 from marft_jax.envs.math.task import build_math_task
@@ -11,18 +10,11 @@ from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.layout import build_layout, state_capacity
 from marft_jax.flexmg.profiles import team_from_dicts
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
+from marft_jax.sampling.types import Generation
 from tests.fake_tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 K = 24  # action width
-
-
-@struct.dataclass
-class FakeGeneration:
-    tokens: jax.Array
-    mask: jax.Array
-    logprobs: jax.Array
-    policy_logprobs: jax.Array
 
 
 def scripted_policy(script):
@@ -45,7 +37,7 @@ def scripted_policy(script):
                                       vmap_method="sequential")
         valid = jnp.arange(K)[None] < lens[:, None]
         zeros = jnp.zeros(out.shape, jnp.float32)
-        return FakeGeneration(out, valid, zeros, zeros)
+        return Generation(out, valid, zeros, zeros, lens)
 
     return generate
 

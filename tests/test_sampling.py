@@ -9,9 +9,10 @@ import pytest
 
 from marft_jax.models import functional as F
 from marft_jax.models.config import LoraConfig
+from marft_jax.models.layers import BASE_ADAPTER
 from marft_jax.sampling import (Generation, Sampler, SamplerConfig, argmax, draw, generate,
                                 sample_logprobs)
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_hf_model
 
 N = 10  # max_new_tokens of most tests
 # Most tests share this config and 3 x 6 prompts, so they share one compilation.
@@ -70,20 +71,7 @@ def _assert_generation_equal(a: Generation, b: Generation, atol=1e-5):
 # ----------------------------------------------------------------- parity with transformers
 
 def _hf_tiny(model_type, tmp_path, torch, transformers):
-    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-6,
-                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    if model_type == "qwen2":
-        hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(tie_word_embeddings=True,
-                                                                    **common))
-    else:
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(tie_word_embeddings=False,
-                                                                    **common))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.1)
+    hf = tiny_hf_model(model_type, torch, transformers)
     hf.eval()
     hf.save_pretrained(tmp_path)
     return hf
@@ -128,6 +116,7 @@ def test_greedy_matches_transformers_generate(model_type, tmp_path):
                                   np.arange(N)[None, :] < np.asarray(first_stop)[:, None])
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_matches_transformers(smollm2_transformers, smollm2_ours,
                                              smollm2_tokenizer):
     torch = pytest.importorskip("torch", reason="parity with transformers needs torch")
@@ -177,11 +166,11 @@ def test_logprobs_equal_full_forward_recomputation(model, top_k, top_p):
 
 def test_mixed_adapter_batch_equals_per_adapter_calls(model):
     tokens, mask = _prompts(batch=6, length=7, seed=4)
-    ids = np.array([2, 0, -1, 2, -1, 0])
+    ids = np.array([2, 0, BASE_ADAPTER, 2, BASE_ADAPTER, 0])
     keys = jax.random.split(jax.random.key(5), 6)  # one key per row
     config = SamplerConfig(max_new_tokens=N, top_k=30, pad_token_id=0)
     mixed = _gen(model, tokens, mask, ids, keys, 0.8, N, config)
-    for adapter in (2, 0, -1):
+    for adapter in (2, 0, BASE_ADAPTER):
         rows = np.flatnonzero(ids == adapter)
         alone = _gen(model, tokens[rows], mask[rows], adapter, keys[rows], 0.8, N, config)
         _assert_generation_equal(jax.tree.map(lambda x: x[rows], mixed), alone)

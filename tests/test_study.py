@@ -52,6 +52,7 @@ def _assert_records_close(a, b, rtol=1e-4, atol=1e-5):
                 np.testing.assert_allclose(ra[k], rb[k], rtol=rtol, atol=atol, err_msg=k)
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_reproduce_sequential_runs(vmapped, tmp_path):
     summaries, dirs = vmapped
     for seed, d in zip((0, 1), dirs):
@@ -64,6 +65,7 @@ def test_vmapped_seeds_reproduce_sequential_runs(vmapped, tmp_path):
     assert all(s["iterations"] == 3 and s["eval_after"] is not None for s in summaries)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_a_bitwise_identical_learning_curve(vmapped, tmp_path):
     # The vmapped program's width is part of it: the same seed set reproduces bit for bit
     # (a seed alone matches it to float rounding, as the test above shows for train.py).
@@ -127,6 +129,7 @@ def _study(*args):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_repro_study_vmapped_and_sequential_agree(tmp_path):
     common = ["--only=untrained,marft_a", "--seeds=0", "--set=train.iterations=2"]
     vm = _study(*common, f"--out={tmp_path / 'vm'}")
@@ -169,6 +172,7 @@ def test_repro_study_vmapped_and_sequential_agree(tmp_path):
     (["--only=nope"], "--only"),
     (["--set=nofield.x=1"], "nofield.x"),
 ])
+@pytest.mark.slow
 def test_repro_study_bad_input_exits_2(args, message, tmp_path):
     proc = _study(*args, f"--out={tmp_path / 'out'}")
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 from marft_jax.envs.tokens import (TokenTaskConfig, token_layout, token_problems,
                                    token_reward_fn)
@@ -11,6 +10,7 @@ from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.layout import state_capacity
 from marft_jax.flexmg.profiles import team_from_dicts
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
+from marft_jax.sampling.types import Generation
 
 CFG = TokenTaskConfig(num_symbols=5, first_symbol=3, num_agents=2)
 K = 3
@@ -18,18 +18,16 @@ TEAM = team_from_dicts([{"role": "first", "prompt": "", "with_answer": False},
                         {"role": "second", "prompt": "", "with_answer": True}])
 
 
-@struct.dataclass
-class Gen:
-    tokens: jax.Array
-    mask: jax.Array
-    logprobs: jax.Array
-    policy_logprobs: jax.Array
+def _generation(tokens, mask):
+    """A `Generation` of scripted tokens, with zero log-probs."""
+    zeros = jnp.zeros(tokens.shape)
+    return Generation(tokens, mask, zeros, zeros, mask.sum(-1).astype(jnp.int32))
 
 
 def random_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key):
     out = jax.random.randint(key, (tokens.shape[0], K), 1, CFG.vocab_needed)
     valid = jnp.ones(out.shape, bool)
-    return Gen(out.astype(jnp.int32), valid, jnp.zeros(out.shape), jnp.zeros(out.shape))
+    return _generation(out.astype(jnp.int32), valid)
 
 
 def solving_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key):
@@ -38,8 +36,7 @@ def solving_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key
     first = jnp.where(adapter_ids == 0, 0, target) + CFG.first_symbol
     out = jnp.stack([first] + [jnp.zeros_like(first)] * (K - 1), axis=1).astype(jnp.int32)
     valid = jnp.arange(K)[None] < 1
-    return Gen(out, jnp.broadcast_to(valid, out.shape), jnp.zeros(out.shape),
-               jnp.zeros(out.shape))
+    return _generation(out, jnp.broadcast_to(valid, out.shape))
 
 
 def _rollout(policy, envs=4, rounds=3):

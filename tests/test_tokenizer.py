@@ -214,6 +214,7 @@ def smollm2(tmp_path_factory):
     return Tokenizer.from_model_source(source, cache_dir=tmp_path_factory.mktemp("cache")), path
 
 
+@pytest.mark.slow
 def test_smollm2_chat_template_and_round_trip(smollm2):
     tok, _ = smollm2
     messages = [{"role": "system", "content": "Be brief."},
@@ -233,6 +234,7 @@ def test_smollm2_chat_template_and_round_trip(smollm2):
     assert tok.vocab_size == 49152
 
 
+@pytest.mark.slow
 def test_smollm2_ids_match_transformers_gguf_tokenizer(smollm2):
     pytest.importorskip("torch", reason="transformers' GGUF tokenizer route imports torch")
     from transformers import AutoTokenizer

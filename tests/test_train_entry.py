@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import jax_subprocess_env
 
+pytestmark = pytest.mark.slow  # every test runs experiments/*.py in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "experiments" / "train.py"), "--config=configs/tiny_cpu.py"]
 

@@ -20,6 +20,7 @@ from marft_jax.algorithms import scoring
 from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.config import PPOConfig
 from marft_jax.flexmg.trajectory import Trajectory
+from marft_jax.models.layers import BASE_ADAPTER
 
 Array = jax.Array
 
@@ -131,14 +132,14 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         elif shared_trunk:
             feats = scoring.trunk_features(graphdef, base, lora, *args, traj.adapter_ids, p)
         if config.kl_coef > 0:
-            s = scoring.score_actions(graphdef, base, lora, *args, -1,
+            s = scoring.score_actions(graphdef, base, lora, *args, BASE_ADAPTER,
                                       num_value_positions=p if base_trunk else None)
             out["ref_logprobs"] = s.token_logprobs
             if base_trunk:
                 feats = out["base_features"] = s.features
         elif base_trunk:
             feats = out["base_features"] = scoring.trunk_features(
-                graphdef, base, lora, *args, -1, p)
+                graphdef, base, lora, *args, BASE_ADAPTER, p)
         if critic_on:
             out["values"] = evaluate_values(critic, feats, head_ids, spec.level)
         return out
@@ -148,7 +149,7 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
     bootstrap = None
     if critic_on:
         first = credit.order[0]
-        trunk_id = -1 if base_trunk else traj.adapter_ids[first]
+        trunk_id = BASE_ADAPTER if base_trunk else traj.adapter_ids[first]
         feats = scoring.observation_features(graphdef, base, lora, traj.next_obs_tokens,
                                              traj.next_obs_mask, trunk_id)  # [E, H]
         head = jax.tree.map(lambda w: w[head_ids[first]], critic)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from marft_jax.flexmg import token_ops
+from marft_jax.flexmg.env_axes import env_field
 from marft_jax.flexmg.layout import ObservationLayout, Segments
 
 Array = jax.Array
@@ -46,13 +47,14 @@ class GameState:
             and reset together (GRPO's samples per problem; 1 = independent envs).
     """
 
-    tokens: Array
-    length: Array
-    round: Array
-    problem_id: Array
-    order: Array
-    cursor: Array
-    overflow: Array
+    # env_field(env axis, rank): where `parallel.Plan` splits the environments.
+    tokens: Array = env_field(0, 2)
+    length: Array = env_field(0, 1)
+    round: Array = env_field(0, 1)
+    problem_id: Array = env_field(0, 1)
+    order: Array = env_field(None, 1)  # replicated: every env draws from it
+    cursor: Array = env_field(None, 0)  # replicated
+    overflow: Array = env_field(0, 1)
     group_size: int = struct.field(pytree_node=False, default=1)
 
     @property

@@ -13,16 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from marft_jax.errors import ConfigError
-
-if TYPE_CHECKING:
-    from marft_jax.flexmg.profiles import Team
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -120,11 +116,6 @@ class DependencyGraph:
                         f"refers to agent {j}, outside 0..{num - 1}")
                 adjacency[i, j] = True
         return cls(roles=tuple(roles), adjacency=adjacency, source=source)
-
-    @classmethod
-    def from_team(cls, team: Team) -> DependencyGraph:
-        """Builds D from a team's resolved dependencies (see `Team.dependencies`)."""
-        return cls.from_dependencies(team.roles, team.dependencies, team.source)
 
     @property
     def num_agents(self) -> int:

@@ -88,7 +88,8 @@ class Team:
             _validate_profile(profile, _where(self.source, index, profile.role))
         object.__setattr__(self, "profiles", profiles)
         _validate_roles(profiles, self.source)
-        object.__setattr__(self, "graph", DependencyGraph.from_team(self))
+        object.__setattr__(self, "graph", DependencyGraph.from_dependencies(
+            self.roles, self.dependencies, self.source))
 
     def independent(self) -> Team:
         """The same agents with no dependencies: each acts on the problem alone (IPPO)."""

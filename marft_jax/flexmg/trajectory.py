@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from marft_jax.flexmg.env_axes import env_field
+
 Array = jax.Array
 
 
@@ -40,18 +42,19 @@ class Trajectory:
         adapter_ids: `[A]` int32, the adapter each agent uses.
     """
 
-    obs_tokens: Array
-    obs_mask: Array
-    action_tokens: Array
-    action_mask: Array
-    behaviour_logprobs: Array
-    policy_logprobs: Array
-    rewards: Array
-    dones: Array
-    scores: Array
-    next_obs_tokens: Array
-    next_obs_mask: Array
-    adapter_ids: Array
+    # env_field(env axis, rank): where `parallel.Plan` splits the environments.
+    obs_tokens: Array = env_field(2, 4)
+    obs_mask: Array = env_field(2, 4)
+    action_tokens: Array = env_field(2, 4)
+    action_mask: Array = env_field(2, 4)
+    behaviour_logprobs: Array = env_field(2, 4)
+    policy_logprobs: Array = env_field(2, 4)
+    rewards: Array = env_field(2, 3)
+    dones: Array = env_field(1, 2)
+    scores: Array = env_field(1, 2)
+    next_obs_tokens: Array = env_field(0, 2)
+    next_obs_mask: Array = env_field(0, 2)
+    adapter_ids: Array = env_field(None, 1)  # replicated
 
     @property
     def num_rounds(self) -> int:

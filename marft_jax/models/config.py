@@ -10,6 +10,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from marft_jax.errors import ConfigError
+from marft_jax.models.projections import PROJECTIONS
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -120,7 +121,7 @@ class LoraConfig:
             raise ConfigError("lora config: 'rank' and 'num_adapters' must be positive")
 
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = tuple(PROJECTIONS)  # every projection can carry an adapter
 
 
 def _rope_from_hf(d: dict[str, Any]) -> RopeConfig:

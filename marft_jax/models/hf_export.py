@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from marft_jax.models.config import ModelConfig
+from marft_jax.models.projections import BLOCKS
 
 
 def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def base_to_hf_tensors(base: nnx.State, config: ModelConfig) -> dict[str, np.nda
         prefix = f"model.layers.{i}"
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out[f"{prefix}.{norm}.weight"] = np.asarray(layer[norm]["scale"])
-        for block in ("self_attn", "mlp"):
+        for block in BLOCKS:
             for proj, leaves in layer[block].items():
                 out[f"{prefix}.{block}.{proj}.weight"] = np.asarray(leaves["kernel"]).T
                 if leaves.get("bias") is not None:

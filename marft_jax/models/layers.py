@@ -13,6 +13,10 @@ from marft_jax.models.config import LoraConfig, RopeConfig
 
 Array = jax.Array
 
+# The adapter index of the base policy: a row with a negative index runs without LoRA (how
+# the KL reference and the critic's base trunk run without a second parameter set).
+BASE_ADAPTER = -1
+
 
 class RMSNorm(nnx.Module):
     """Root-mean-square layer norm; statistics in float32."""

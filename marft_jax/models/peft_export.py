@@ -30,6 +30,7 @@ from flax import nnx
 
 from marft_jax.errors import ConfigError
 from marft_jax.models.config import LORA_TARGETS, LoraConfig, ModelConfig
+from marft_jax.models.projections import block_of
 from marft_jax.models.hf_export import save_hf_checkpoint
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model.model.layers"
-_BLOCK = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-          "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 # PEFT features that change what an adapter computes and that a stacked LoRA cannot hold.
 _UNSUPPORTED = ("use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save",
                 "layers_to_transform", "exclude_modules", "rank_pattern", "alpha_pattern",
@@ -50,12 +49,12 @@ _UNSUPPORTED = ("use_dora", "lora_bias", "fan_in_fan_out", "modules_to_save",
 
 def _module_name(layer: int, proj: str) -> str:
     """The transformers module name of one projection, e.g. `model.layers.0.mlp.up_proj`."""
-    return f"model.layers.{layer}.{_BLOCK[proj]}.{proj}"
+    return f"model.layers.{layer}.{block_of(proj)}.{proj}"
 
 
 def _peft_key(layer: int, proj: str, which: str) -> str:
     """PEFT's saved tensor name; `which` is "A" or "B"."""
-    return f"{_PREFIX}.{layer}.{_BLOCK[proj]}.{proj}.lora_{which}.weight"
+    return f"{_PREFIX}.{layer}.{block_of(proj)}.{proj}.lora_{which}.weight"
 
 
 def _check_index(lora_config: LoraConfig, adapter_index: int) -> None:
@@ -67,7 +66,7 @@ def _check_index(lora_config: LoraConfig, adapter_index: int) -> None:
 def _lora_leaves(pure: dict, layer: int, proj: str) -> dict:
     """The `{"lora_a", "lora_b"}` dict of one projection in a pure LoRA state."""
     try:
-        leaves = pure["layers"][layer][_BLOCK[proj]][proj]
+        leaves = pure["layers"][layer][block_of(proj)][proj]
     except (KeyError, TypeError):
         leaves = None
     if not isinstance(leaves, dict) or not {"lora_a", "lora_b"} <= set(leaves):
@@ -357,7 +356,7 @@ def merge_adapter(config: ModelConfig, lora_config: LoraConfig, base: nnx.State,
             leaves = _lora_leaves(lora_pure, layer, proj)
             a = leaves["lora_a"][adapter_index].astype(jnp.float32)  # [in, rank]
             b = leaves["lora_b"][adapter_index].astype(jnp.float32)  # [rank, out]
-            target = pure["layers"][layer][_BLOCK[proj]][proj]
+            target = pure["layers"][layer][block_of(proj)][proj]
             kernel = target["kernel"]  # [in, out]
             merged = kernel.astype(jnp.float32) + lora_config.scale * (a @ b)
             target["kernel"] = merged.astype(kernel.dtype)

@@ -22,6 +22,7 @@ from flax import nnx
 from marft_jax.errors import ConfigError
 from marft_jax.models.config import LoraConfig, ModelConfig, config_from_hf_dict, read_hf_config
 from marft_jax.models.functional import abstract_model, init_model
+from marft_jax.models.projections import BLOCKS
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
@@ -47,7 +48,7 @@ def hf_name_to_path(name: str, config: ModelConfig) -> tuple[tuple[Any, ...], bo
         if module in ("input_layernorm", "post_attention_layernorm") and kind == "weight":
             return ("layers", layer, module, "scale"), False
         parts = module.split(".")
-        if len(parts) == 2 and parts[0] in ("self_attn", "mlp"):
+        if len(parts) == 2 and parts[0] in BLOCKS:
             leaf = "kernel" if kind == "weight" else "bias"
             return ("layers", layer, parts[0], parts[1], leaf), kind == "weight"
     raise KeyError(name)

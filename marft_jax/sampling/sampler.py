@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from marft_jax.models.decoder import KVCache
+from marft_jax.models.layers import BASE_ADAPTER
 from marft_jax.sampling.generate import (cast_params, generate_with_cache, init_cache,
                                          model_config, row_keys)
 from marft_jax.sampling.types import Generation, SamplerConfig
@@ -160,7 +161,7 @@ class Sampler:
         cache = self._cache_for(base, lora, bb, pb)
         gen, cache = self._fn(
             base, lora, np.pad(tokens, pad_rows, constant_values=self.config.pad_token_id),
-            np.pad(mask, pad_rows), rows(adapter_ids, -1, np.int32), keys,
+            np.pad(mask, pad_rows), rows(adapter_ids, BASE_ADAPTER, np.int32), keys,
             rows(temps, 0.0, np.float32), rows(limit, 0, np.int32), cache,
             self._prefill_base(base))
         if self.keep_cache:

@@ -23,6 +23,8 @@ from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig, ModelConfi
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, Rule)
 
+# `lora.num_adapters` value meaning "as many adapters as the team names" (not an adapter index).
+ADAPTERS_FROM_TEAM = -1
 
 # Range and type of every numeric or boolean field ("section.name"; `ppo.*` from
 # `PPO_RULES`). Checked first, so a NaN, an inf, a wrong sign or a float where an integer
@@ -74,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.lora = ml_collections.ConfigDict(dict(
         rank=8, alpha=16.0, targets=("q_proj", "v_proj"),
-        num_adapters=-1,  # -1: as many as the team names
+        num_adapters=ADAPTERS_FROM_TEAM,  # as many as the team names
     ))
     c.team = ml_collections.ConfigDict(dict(
         profiles="math_dual", layout="chat",
@@ -235,7 +237,7 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     if c.team.get("independent", False):
         team = team.independent()
     num_adapters = c.lora.num_adapters
-    if num_adapters == -1:
+    if num_adapters == ADAPTERS_FROM_TEAM:
         num_adapters = team.num_adapters
     elif not isinstance(num_adapters, int) or num_adapters < 1:
         _fail("lora.num_adapters", f"must be -1 (from the team) or ≥ 1, got {num_adapters!r}")

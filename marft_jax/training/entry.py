@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import ml_collections
 
@@ -54,6 +55,52 @@ def fail_command_line(message: str) -> None:
     sys.exit(2)
 
 
+@contextlib.contextmanager
+def one_line_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Turns a `ConfigError` (and any of `kinds`) raised inside into `fail_command_line`.
+
+    Args:
+        *kinds: further exception types that mean bad input (e.g. `ValueError`).
+    """
+    try:
+        yield
+    except (ConfigError, *kinds) as e:
+        fail_command_line(str(e))
+
+
+def put_project_on_path() -> None:
+    """Puts the project root on `sys.path`, so `configs` imports wherever the command runs
+    (config files load by path and import each other as `configs.<name>`, e.g.
+    `configs/token_bench.py`)."""
+    from marft_jax.paths import project_root
+
+    root = str(project_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def run_app(main: Callable, module_name: str, doc: str | None, **kwargs) -> None:
+    """`absl.app.run(main)` for a command of `marft_jax.cli`, run as a console script or
+    through its `experiments/<script>.py` wrapper alike.
+
+    The command module's docstring becomes the usage text and its flags the ones `--help`
+    lists (absl takes both from `__main__`), and `configs` imports (`put_project_on_path`).
+
+    Args:
+        main: the absl main, `main(argv)`.
+        module_name: the command module's `__name__`.
+        doc: the command module's docstring.
+        **kwargs: passed on to `absl.app.run` (e.g. `flags_parser=parse_flags`).
+    """
+    from absl import app, flags
+
+    put_project_on_path()
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)  # absl's main module key
+    sys.modules["__main__"].__doc__ = doc
+    app.run(main, **kwargs)
+
+
 def quiet_library_logs() -> None:
     """Installs `_QuietLibraries` on absl's handler."""
     from absl import logging as absl_logging
@@ -84,7 +131,7 @@ def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bo
     from marft_jax.training.run_dir import prepare_run_dir
 
     quiet_library_logs()
-    try:
+    with one_line_errors():
         exp = finalize(config)
         plan_for(exp.mesh)  # the mesh fits the devices, before anything is written
         if resume and run_dir is None and not config.train.run_name:
@@ -97,6 +144,18 @@ def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bo
             prepare_run_dir(config, path, resume)
         sync("run_dir")
         job(exp, path, built)
-    except ConfigError as e:
-        fail_command_line(str(e))
+    return 0
+
+
+def run_tool(config: ml_collections.ConfigDict, job: Callable) -> int:
+    """Finalizes `config` and calls `job(experiment)`, for entry points that read a run
+    rather than write one (evaluation, export).
+
+    A `ConfigError` anywhere becomes one line on stderr and exit code 2, as in `run_entry`.
+    """
+    from marft_jax.training.config import finalize
+
+    quiet_library_logs()
+    with one_line_errors():
+        job(finalize(config))
     return 0

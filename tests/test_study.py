@@ -234,3 +234,31 @@ def test_comparisons_must_name_conditions_of_the_study(tmp_path):
         load_comparisons(path)
     assert [c.second for c in load_comparisons(ROOT / "configs/studies/learning.py")] == \
         ["ppo_single", "ippo_dual", "marft_t_dual", "grpo_dual"]
+
+
+def test_interrupted_or_rerun_conditions_resume_or_set_runs_aside(tmp_path):
+    from marft_jax.cli.study import plan_run_dirs
+
+    def run(name, summary=None, config=True):
+        d = tmp_path / name
+        d.mkdir()
+        if config:
+            (d / "config.json").write_text("{}")
+        if summary is not None:
+            (d / "summary.json").write_text(json.dumps({"iterations": summary}))
+        return d
+
+    done, cut, fresh = run("done", 4), run("cut"), tmp_path / "fresh"
+    # Sequential: the finished run is reused, the interrupted one resumed, the new one run.
+    assert plan_run_dirs([done, cut, fresh], 4, rerun=False, vmapped=False) == ([1, 2], {1})
+    assert (cut / "config.json").exists()
+    # A finished run with other iterations, or --rerun, is set aside, never deleted.
+    assert plan_run_dirs([done], 4, rerun=True, vmapped=False) == ([0], set())
+    assert not done.exists() and (tmp_path / "done.replaced-1" / "summary.json").exists()
+    # Seed-vmapped seeds cannot resume: the condition starts over, every old run kept.
+    done, stray = run("done", 4), run("stray", config=False)
+    (stray / "notes.txt").write_text("x")
+    assert plan_run_dirs([done, cut, stray], 4, rerun=False, vmapped=True) == ([0, 1, 2], set())
+    assert not any(d.exists() for d in (done, cut, stray))
+    assert {p.name for p in tmp_path.iterdir()} >= {"done.replaced-2", "cut.interrupted-1",
+                                                     "stray.interrupted-1"}

@@ -9,8 +9,11 @@
 
 Conditions whose rollout is JAX-native (token tasks) train all seeds as one jitted,
 seed-vmapped program; the others run `experiments/train.py` once per seed (a subprocess,
-its log beside the run directory). A finished run (its summary.json present) is reused, so
-an interrupted study continues where it stopped (`--rerun` starts over). `--set` applies to
+its log beside the run directory). A finished run (its summary.json present) is reused and
+an interrupted one resumed (`train.py --resume`; seed-vmapped conditions start over), so an
+interrupted study continues where it stopped; `--rerun` starts over. Runs that are
+replaced are set aside (`<seed dir>.replaced-<n>`, `.interrupted-<n>`), never deleted.
+`--set` applies to
 every condition, except that untrained baselines (`train.iterations=0`) stay untrained.
 Writes into --out:
 `results.csv` (one row per run, with the command that reproduces it), `summary.md`,
@@ -79,16 +82,67 @@ def _finished(run_dir: Path, iterations: int) -> bool:
     return path.exists() and json.loads(path.read_text()).get("iterations") == iterations
 
 
-def _run_subprocess(condition, seed, run_dir, extra):
+def _set_aside(run_dir: Path, why: str) -> Path:
+    """Renames a run directory (and its log) to `<name>.<why>-<n>`: nothing is deleted."""
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.{why}-{n}").exists():
+        n += 1
+    target = run_dir.with_name(f"{run_dir.name}.{why}-{n}")
+    run_dir.rename(target)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    if log.exists():
+        log.rename(target.parent / f"{target.name}.log")
+    return target
+
+
+def plan_run_dirs(dirs: list[Path], iterations: int, rerun: bool,
+                  vmapped: bool) -> tuple[list[int], set[int]]:
+    """Which seeds of a condition to run, and which of those to resume.
+
+    A finished run is reused (`rerun`: set aside, then run again). A started but unfinished
+    run (its config.json written: an interrupted study) is resumed where a seed runs alone
+    (`train.py --resume`, bitwise identical to an uninterrupted run); seed-vmapped runs
+    cannot resume, so it is set aside and the condition starts over. Set-aside directories
+    keep their contents under `<name>.replaced-<n>` / `<name>.interrupted-<n>`.
+
+    Returns:
+        `(todo, resume)`: indices into `dirs`.
+    """
+    todo, resume = [], set()
+    for i, d in enumerate(dirs):
+        finished = _finished(d, iterations)
+        if finished and not rerun:
+            continue
+        todo.append(i)
+        if not (d / "config.json").exists():
+            if d.exists() and any(d.iterdir()):
+                logging.warning("%s: not a finished run; set aside as %s", d,
+                                _set_aside(d, "interrupted"))
+            continue
+        if finished or vmapped:
+            why = "replaced" if finished else "interrupted"
+            logging.warning("%s: %s run set aside as %s", d, why, _set_aside(d, why))
+        else:
+            resume.add(i)
+    if vmapped and todo:  # one program trains every seed: rerun them all together
+        for i, d in enumerate(dirs):
+            if i not in todo and d.exists():
+                logging.warning("%s: set aside as %s (its seeds are trained together)", d,
+                                _set_aside(d, "replaced"))
+        todo = list(range(len(dirs)))
+    return todo, resume
+
+
+def _run_subprocess(condition, seed, run_dir, extra, resume=False):
     from marft_jax.paths import project_root
     from marft_jax.training.study import shell, train_command
 
-    command = train_command(condition, seed, run_dir, extra)
+    command = train_command(condition, seed, run_dir, extra) + (["--resume"] if resume else [])
     log_path = run_dir.parent / f"{run_dir.name}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     logging.info("%s seed %d: %s", condition.name, seed, shell(command))
     t0 = time.perf_counter()
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if resume else "w") as log:
         proc = subprocess.run([sys.executable] + command[1:], cwd=project_root(), stdout=log,
                               stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
@@ -96,7 +150,8 @@ def _run_subprocess(condition, seed, run_dir, extra):
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-5:])
         raise RuntimeError(f"{condition.name} seed {seed} failed (exit {proc.returncode}); "
                            f"log {log_path}:\n{tail}")
-    (run_dir / "study_wall.json").write_text(json.dumps({"wall_s": wall}))
+    # A resumed run's wall time counts only the part after the interruption.
+    (run_dir / "study_wall.json").write_text(json.dumps({"wall_s": wall, "resumed": resume}))
 
 
 def _study(argv):
@@ -151,14 +206,16 @@ def _study(argv):
             print("\n".join(sorted(set(commands))))
             continue
         iterations = exps[0].train["iterations"]
-        todo = [i for i, d in enumerate(dirs) if _RERUN.value or not _finished(d, iterations)]
         if _REPORT_ONLY.value:
+            todo = [i for i, d in enumerate(dirs) if not _finished(d, iterations)]
             for i in todo:
                 logging.warning("%s seed %d: not run (missing from the report)", cond.name,
                                 exps[i].seed)
             keep = [i for i in range(len(exps)) if i not in todo]
             exps, dirs = [exps[i] for i in keep], [dirs[i] for i in keep]
             commands, todo = [commands[i] for i in keep], []
+        else:
+            todo, resume = plan_run_dirs(dirs, iterations, _RERUN.value, vmapped)
         if vmapped and todo:
             for e, d in zip(exps, dirs):
                 prepare_run_dir(e.config, d, resume=False)
@@ -170,7 +227,7 @@ def _study(argv):
                                                                "vmapped_seeds": len(exps)}))
         elif todo:
             for i in todo:
-                _run_subprocess(cond, exps[i].seed, dirs[i], extra)
+                _run_subprocess(cond, exps[i].seed, dirs[i], extra, resume=i in resume)
         for e, d, command in zip(exps, dirs, commands):
             summary = json.loads((d / "summary.json").read_text())
             wall = json.loads((d / "study_wall.json").read_text())["wall_s"] \

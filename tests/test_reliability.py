@@ -105,7 +105,7 @@ def test_kills_at_named_moments_then_resume_match_an_uninterrupted_run(reference
 @pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_and_is_kept(reference, tmp_path):
     from marft_jax.training.config import finalize
-    from marft_jax.training.loop import load_trained_state
+    from marft_jax.training.loop import load_trained_adapters
     from marft_jax.training.setup import build_setup
 
     run_dir = tmp_path / "corrupt"
@@ -114,9 +114,9 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(reference, tmp_path):
         if path.is_file() and path.parent.name == "d":
             path.write_bytes(path.read_bytes()[:10])
     setup = build_setup(finalize(_config()))
-    assert load_trained_state(setup, run_dir)[1] == 3  # evaluate / export fall back
+    assert load_trained_adapters(setup, run_dir)[1] == 3  # evaluate / export fall back
     with pytest.raises(ConfigError, match="no checkpoint restores"):
-        load_trained_state(setup, run_dir, 4)  # an explicit step: one line, no traceback
+        load_trained_adapters(setup, run_dir, 4)  # an explicit step: one line, no traceback
     proc = _train(run_dir, "--config.train.iterations=4", "--resume")
     warnings = [line for line in proc.stderr.splitlines() if "does not restore" in line]
     assert len(warnings) == 1 and "step 4" in warnings[0]
@@ -124,7 +124,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(reference, tmp_path):
     assert _metrics_text(run_dir) == _metrics_text(reference)
     _assert_same_state(_final_state(run_dir, 4), _final_state(reference, 4))
     (run_dir / "checkpoints" / "4" / "meta" / "metadata").unlink()  # a missing metadata file
-    assert load_trained_state(setup, run_dir)[1] == 3
+    assert load_trained_adapters(setup, run_dir)[1] == 3
 
 
 @pytest.mark.slow

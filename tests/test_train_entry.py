@@ -157,12 +157,12 @@ def test_evaluate_writes_metrics_and_refuses_another_base(full_run, tmp_path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning",
                             "ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_trained_state_loads_under_another_task_shape_for_transfer(full_run, tmp_path):
-    """Evaluation reads only the train state, so a task whose game state has other shapes
+    """Evaluation reads only the adapters, so a task whose game state has other shapes
     (here: more envs) still loads the run's adapters; bad run dirs fail with one line."""
     from marft_jax.errors import ConfigError
     from marft_jax.training.checkpoint import RunCheckpointer
     from marft_jax.training.config import finalize
-    from marft_jax.training.loop import load_trained_state, restore_state
+    from marft_jax.training.loop import load_trained_adapters, restore_state
     from marft_jax.training.setup import build_setup
     from configs.tiny_cpu import get_config
     import jax
@@ -181,13 +181,24 @@ def test_trained_state_loads_under_another_task_shape_for_transfer(full_run, tmp
     other = build_setup(finalize(config))
     with pytest.raises(ConfigError, match="does not fit"):  # the whole state cannot load
         restore_all(other)
-    state, step = load_trained_state(other, full_run)
+    lora, step = load_trained_adapters(other, full_run)
     assert step == 3
-    for a, b in zip(jax.tree_util.tree_leaves((full.lora, full.critic)),
-                    jax.tree_util.tree_leaves((state.lora, state.critic))):
+    for a, b in zip(jax.tree_util.tree_leaves(full.lora), jax.tree_util.tree_leaves(lora)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Only the adapters are read: a checkpoint whose train state had another layout (an
+    # earlier version's counters, no critic) still evaluates and exports.
+    from marft_jax.training.loop import _meta
+
+    old = tmp_path / "old_layout"
+    checkpointer = RunCheckpointer(old, keep=3, async_save=False)
+    checkpointer.save(5, {"train": {"lora": full.lora, "skipped_nonfinite": np.zeros(2)}},
+                      _meta(other, 5))
+    checkpointer.close()
+    lora, step = load_trained_adapters(other, old)
+    assert step == 5 and all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree_util.tree_leaves(full.lora), jax.tree_util.tree_leaves(lora)))
     with pytest.raises(ConfigError, match="no checkpoint at step 7"):
-        load_trained_state(other, full_run, 7)
+        load_trained_adapters(other, full_run, 7)
     with pytest.raises(ConfigError, match="no checkpoints directory"):
-        load_trained_state(other, tmp_path / "not_a_run")
+        load_trained_adapters(other, tmp_path / "not_a_run")
     assert not (tmp_path / "not_a_run").exists()  # nothing created

@@ -35,15 +35,15 @@ def _evaluate(argv):
 
     from marft_jax.errors import ConfigError
     from marft_jax.training.evaluation import Evaluator
-    from marft_jax.training.loop import eval_batch, initial_state, load_trained_state
+    from marft_jax.training.loop import eval_batch, initial_state, load_trained_adapters
     from marft_jax.training.setup import build_setup
 
     def job(exp):
         setup = build_setup(exp)
         if _RUN_DIR.value:
-            state, step = load_trained_state(setup, _RUN_DIR.value, _STEP.value)
+            lora, step = load_trained_adapters(setup, _RUN_DIR.value, _STEP.value)
         else:
-            state, step = initial_state(setup)[0], 0
+            lora, step = initial_state(setup)[0].lora, 0
         split = setup.heldout if _SPLIT.value == "heldout" else setup.train
         if split is None:
             raise ConfigError("config field 'task.heldout_problems': the held-out split is "
@@ -52,7 +52,7 @@ def _evaluate(argv):
         out.mkdir(parents=True, exist_ok=True)
         evaluator = Evaluator(setup, split, batch=eval_batch(exp),
                               greedy=_GREEDY.value, samples=_SAMPLES.value)
-        metrics = evaluator.run(state.lora, jax.random.key(exp.seed), limit=_LIMIT.value,
+        metrics = evaluator.run(lora, jax.random.key(exp.seed), limit=_LIMIT.value,
                                 responses_path=out / "responses.jsonl", progress=True)
         metrics = {"step": step, "split": _SPLIT.value, "greedy": _GREEDY.value, **metrics}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

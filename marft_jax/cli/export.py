@@ -27,22 +27,22 @@ _MERGED = flags.DEFINE_bool("merged", False, "Also write merged HF checkpoints."
 def _export(argv):
     del argv
     from marft_jax.models.peft_export import save_merged_checkpoint, save_peft_adapters
-    from marft_jax.training.loop import load_trained_state
+    from marft_jax.training.loop import load_trained_adapters
     from marft_jax.training.setup import build_setup
 
     def job(exp):
         setup = build_setup(exp)
-        state, step = load_trained_state(setup, _RUN_DIR.value, _STEP.value)
+        lora, step = load_trained_adapters(setup, _RUN_DIR.value, _STEP.value)
         out = Path(_OUT.value or Path(_RUN_DIR.value) / "export")
         names = list(exp.team.adapter_names)
-        paths = save_peft_adapters(out, setup.model_config, exp.lora, state.lora, names,
+        paths = save_peft_adapters(out, setup.model_config, exp.lora, lora, names,
                                    base_model_name_or_path=setup.base_source)
         for path in paths:
             print(f"adapter: {path}")
         if _MERGED.value:
             for index, name in enumerate(names):
                 path = save_merged_checkpoint(out / f"merged_{name}", setup.model_config,
-                                              exp.lora, setup.base, state.lora, index,
+                                              exp.lora, setup.base, lora, index,
                                               tokenizer=setup.tokenizer)
                 print(f"merged:  {path}")
         logging.info("exported step %d of %s", step, _RUN_DIR.value)

@@ -87,13 +87,15 @@ def restore_state(setup: RunSetup, checkpointer: RunCheckpointer, step: int,
     return restored["train"], restored["game"], meta
 
 
-def load_trained_state(setup: RunSetup, run_dir: str | Path, step: int | None = None):
-    """`(TrainState, step)` of a run's checkpoint (default: the latest), for evaluation or
-    export.
+def load_trained_adapters(setup: RunSetup, run_dir: str | Path, step: int | None = None):
+    """`(lora, step)`: the adapters of a run's checkpoint (default: the latest), for
+    evaluation or export.
 
-    Only the train state (adapters, critic, optimizer state) is read, not the game state:
-    its shapes depend on the task, so a run's adapters can be evaluated on another task
-    (transfer). The base model, roles and LoRA layout must still match the run's.
+    Only the adapters are read (an orbax partial restore), not the rest of the train state
+    (critic, optimizer states, counters) nor the game state: the game's shapes depend on the
+    task, so a run's adapters can be evaluated on another task (transfer), and a checkpoint
+    whose train state had another layout (an earlier version's counters) still loads. The
+    base model, roles and LoRA layout must still match the run's.
 
     Raises:
         ConfigError: no checkpoint in `run_dir`, or an incompatible one.
@@ -109,18 +111,18 @@ def load_trained_state(setup: RunSetup, run_dir: str | Path, step: int | None = 
             raise ConfigError(f"{where}: no checkpoint in this run")
         if step is not None and step not in saved:
             raise ConfigError(f"{where}: no checkpoint at step {step} (saved: {saved})")
-        template, _ = initial_state(setup)
-        read = lambda s: checkpointer.restore(s, {"train": template}, _meta(setup, s),
-                                              partial=True)[0]["train"]
+        template = {"train": {"lora": setup.lora}}
+        read = lambda s: checkpointer.restore(s, template, _meta(setup, s),
+                                              partial=True)[0]["train"]["lora"]
         # An explicit step is read or refused; the latest falls back past broken steps.
-        state, step, failed = checkpointer.restore_newest(read, None if step is None
-                                                          else [step])
+        lora, step, failed = checkpointer.restore_newest(read, None if step is None
+                                                         else [step])
         for bad, reason in failed:
             logging.warning("checkpoint step %d of %s does not restore (%s); using step %d",
                             bad, run_dir, reason, step)
     finally:
         checkpointer.close()
-    return state, step
+    return lora, step
 
 
 def prepare_setup(exp: Experiment) -> RunSetup:

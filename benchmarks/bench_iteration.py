@@ -12,11 +12,11 @@ trajectories, alternating within every repeat, so their times are side by side. 
 go to BUILD_NOTES.md with the machine and date.
 """
 
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from marft_jax.training.entry import put_project_on_path
+
+put_project_on_path()  # config files import `configs.*`
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

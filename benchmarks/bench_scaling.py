@@ -28,7 +28,9 @@ _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _XLA_FLAGS:  # before JAX starts
     os.environ["XLA_FLAGS"] = (f"{_XLA_FLAGS} --xla_force_host_platform_device_count="
                                f"{_devices_from_argv()}").strip()
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from marft_jax.training.entry import put_project_on_path  # noqa: E402
+
+put_project_on_path()  # config files import `configs.*`
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from marft_jax.training.entry import put_project_on_path  # noqa: E402
+
+put_project_on_path()  # config files import `configs.*`
 if "--op_breakdown" in sys.argv:  # XLA:CPU records per-thunk trace events only with this flag
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_cpu_enable_xprof_traceme=true").strip()

@@ -71,6 +71,22 @@ def _fail(field: str, message: str):
     raise ConfigError(f"config field '{field}': {message}")
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The `mesh` config section (one device without it).
+
+    Attributes:
+        data, fsdp, tp: mesh axis sizes; -1 = the rest of the devices (one axis at most).
+        mode: "auto" (sharded jit) or "shard_map" (data-parallel update gradient step with
+            an explicit all-reduce; needs fsdp = tp = 1). See `Plan`.
+    """
+
+    data: int = 1
+    fsdp: int = 1
+    tp: int = 1
+    mode: str = "auto"
+
+
 def resolve_axis_sizes(data: int, fsdp: int, tp: int, num_devices: int) -> tuple[int, ...]:
     """Mesh axis sizes with at most one −1 ("the rest of the devices") filled in.
 
@@ -327,18 +343,18 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def plan_for(mesh_config: dict[str, Any], devices=None) -> Plan:
-    """The plan of a finalized `mesh` config section (`data`, `fsdp`, `tp`, `mode`).
+def plan_for(mesh_config: MeshConfig, devices=None) -> Plan:
+    """The plan of a finalized `mesh` config section.
 
     A multi-process run must span every device (each process owns a part of the mesh).
     """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = resolve_axis_sizes(mesh_config["data"], mesh_config["fsdp"], mesh_config["tp"],
+    sizes = resolve_axis_sizes(mesh_config.data, mesh_config.fsdp, mesh_config.tp,
                                len(devices))
     if jax.process_count() > 1 and math.prod(sizes) != len(devices):
         _fail("mesh.data", f"a multi-process run must use all {len(devices)} devices, the "
                            f"mesh {dict(zip(AXES, sizes))} uses {math.prod(sizes)}")
-    return Plan(make_mesh(sizes, devices), mesh_config["mode"])
+    return Plan(make_mesh(sizes, devices), mesh_config.mode)
 
 
 def initialize_distributed(coordinator_address: str | None = None,

@@ -150,7 +150,7 @@ def _study(argv):
         if _DRY_RUN.value:
             print("\n".join(sorted(set(commands))))
             continue
-        iterations = exps[0].train["iterations"]
+        iterations = exps[0].train.iterations
         todo = [i for i, d in enumerate(dirs) if _RERUN.value or not _finished(d, iterations)]
         if _REPORT_ONLY.value:
             for i in todo:

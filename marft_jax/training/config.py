@@ -20,7 +20,7 @@ from marft_jax.errors import ConfigError
 from marft_jax.flexmg.layout import LAYOUTS
 from marft_jax.flexmg.rollout import PLACEMENTS
 from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig, ModelConfig
-from marft_jax.parallel import MODES, MeshConfig
+from marft_jax.parallel import MeshConfig, check_env_split
 from marft_jax.training.sections import (RolloutSettings, SamplingConfig, TaskConfig,
                                          TrainConfig, defaults, from_section)
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
@@ -274,24 +274,13 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
 
 
 def _mesh_section(c) -> MeshConfig:
-    """The `mesh` section (optional: one device without it), checked without devices."""
-    mesh = defaults(MeshConfig) | (c.mesh.to_dict() if "mesh" in c else {})
-    unknown = sorted(set(mesh) - {"data", "fsdp", "tp", "mode"})
+    """The `mesh` section (optional: one device without it), checked without devices
+    (`MeshConfig` checks its own fields; here: unknown ones, and the env split)."""
+    given = c.mesh.to_dict() if "mesh" in c else {}
+    unknown = sorted(set(given) - set(defaults(MeshConfig)))
     if unknown:
         _fail(f"mesh.{unknown[0]}", "is not a mesh setting (data, fsdp, tp, mode)")
-    for axis in ("data", "fsdp", "tp"):
-        size = mesh[axis]
-        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
-            _fail(f"mesh.{axis}", f"must be -1 (the rest of the devices) or ≥ 1, got {size!r}")
-    if [mesh[a] for a in ("data", "fsdp", "tp")].count(-1) > 1:
-        _fail("mesh.data", "only one of data, fsdp, tp may be -1")
-    if mesh["mode"] not in MODES:
-        _fail("mesh.mode", f"{mesh['mode']!r} is not one of {list(MODES)}")
-    if mesh["mode"] == "shard_map" and (mesh["fsdp"] != 1 or mesh["tp"] != 1):
-        _fail("mesh.mode", "'shard_map' is the data-parallel mode: it needs mesh.fsdp = "
-                           f"mesh.tp = 1, got fsdp={mesh['fsdp']}, tp={mesh['tp']}")
-    if isinstance(mesh["data"], int) and mesh["data"] > 0 \
-            and c.rollout.num_envs % (mesh["data"] * max(mesh["fsdp"], 1)):
-        _fail("rollout.num_envs", f"{c.rollout.num_envs} environments do not split over "
-                                  f"mesh.data × mesh.fsdp = {mesh['data'] * mesh['fsdp']}")
-    return MeshConfig(**mesh)
+    mesh = MeshConfig(**given)
+    if mesh.data > 0:  # a -1 axis is resolved against the devices (`Plan.check_envs`)
+        check_env_split(c.rollout.num_envs, mesh.data * max(mesh.fsdp, 1), "rollout.num_envs")
+    return mesh

@@ -54,9 +54,9 @@ def _bench(exp, layout: str, repeats: int) -> dict:
     from marft_jax.training.setup import build_setup
 
     data, fsdp, tp, mode = layout.split(",")
-    mesh = dict(data=int(data), fsdp=int(fsdp), tp=int(tp), mode=mode)
+    mesh = parallel.MeshConfig(data=int(data), fsdp=int(fsdp), tp=int(tp), mode=mode)
     plan = parallel.plan_for(mesh)
-    plan.check_update(exp.ppo, exp.config.rollout.num_envs)
+    plan.check_update(exp.ppo, exp.rollout.num_envs)
     setup = place_setup(build_setup(exp), plan)
     state, game = initial_state(setup, plan)
     iteration = make_iteration(setup, plan, state=state)
@@ -93,11 +93,10 @@ def main(argv):
     from marft_jax.training.config import finalize
 
     exp = finalize(_CONFIG.value)
-    c = exp.config
     print(f"{jax.device_count()} {jax.devices()[0].platform} devices, {os.cpu_count()} cores "
-          f"({platform.processor() or platform.machine()}); envs {c.rollout.num_envs}, "
-          f"rounds {c.rollout.num_rounds}, new tokens {c.sampling.max_new_tokens}, "
-          f"model {c.model.name}")
+          f"({platform.processor() or platform.machine()}); envs {exp.rollout.num_envs}, "
+          f"rounds {exp.rollout.num_rounds}, new tokens {exp.sampling.max_new_tokens}, "
+          f"model {exp.model_name}")
     print(f"{'layout':<22}{'devices':>8}{'rollout s':>11}{'rollout tok/s':>15}"
           f"{'update s':>10}{'update tok/s':>14}{'compile s (r/u)':>18}")
     results = []

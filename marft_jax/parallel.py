@@ -71,11 +71,35 @@ def _fail(field: str, message: str):
     raise ConfigError(f"config field '{field}': {message}")
 
 
-def resolve_axis_sizes(data: int, fsdp: int, tp: int, num_devices: int) -> tuple[int, ...]:
-    """Mesh axis sizes with at most one −1 ("the rest of the devices") filled in.
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The `mesh` config section (one device without it).
+
+    Attributes:
+        data, fsdp, tp: mesh axis sizes; -1 = the rest of the devices (one axis at most).
+        mode: "auto" (sharded jit) or "shard_map" (data-parallel update gradient step with
+            an explicit all-reduce; needs fsdp = tp = 1). See `Plan`.
+    """
+
+    data: int = 1
+    fsdp: int = 1
+    tp: int = 1
+    mode: str = "auto"
+
+    def __post_init__(self):
+        check_axis_sizes(self.data, self.fsdp, self.tp)
+        if self.mode not in MODES:
+            _fail("mesh.mode", f"{self.mode!r} is not one of {list(MODES)}")
+        if self.mode == "shard_map" and (self.fsdp != 1 or self.tp != 1):
+            _fail("mesh.mode", "'shard_map' is the data-parallel mode: it needs mesh.fsdp = "
+                               f"mesh.tp = 1, got fsdp={self.fsdp}, tp={self.tp}")
+
+
+def check_axis_sizes(data: int, fsdp: int, tp: int) -> None:
+    """Each axis size is ≥ 1 or -1 ("the rest of the devices"), and one axis at most is -1.
 
     Raises:
-        ConfigError: naming `mesh.<axis>` when a size is invalid or the devices do not fit.
+        ConfigError: naming `mesh.<axis>` (the second -1 when there are two).
     """
     sizes = dict(data=data, fsdp=fsdp, tp=tp)
     for name, size in sizes.items():
@@ -83,7 +107,18 @@ def resolve_axis_sizes(data: int, fsdp: int, tp: int, num_devices: int) -> tuple
             _fail(f"mesh.{name}", f"must be -1 (the rest of the devices) or ≥ 1, got {size!r}")
     rest = [name for name, size in sizes.items() if size == -1]
     if len(rest) > 1:
-        _fail(f"mesh.{rest[1]}", f"only one axis may be -1, got {rest}")
+        _fail(f"mesh.{rest[1]}", f"only one of data, fsdp, tp may be -1, got {rest}")
+
+
+def resolve_axis_sizes(data: int, fsdp: int, tp: int, num_devices: int) -> tuple[int, ...]:
+    """Mesh axis sizes with at most one −1 ("the rest of the devices") filled in.
+
+    Raises:
+        ConfigError: naming `mesh.<axis>` when a size is invalid or the devices do not fit.
+    """
+    check_axis_sizes(data, fsdp, tp)
+    sizes = dict(data=data, fsdp=fsdp, tp=tp)
+    rest = [name for name, size in sizes.items() if size == -1]
     known = math.prod(size for size in sizes.values() if size != -1)
     if rest:
         if num_devices % known:
@@ -95,6 +130,14 @@ def resolve_axis_sizes(data: int, fsdp: int, tp: int, num_devices: int) -> tuple
         big = max(sizes, key=sizes.get)
         _fail(f"mesh.{big}", f"the mesh {sizes} needs {total} devices, {num_devices} present")
     return sizes["data"], sizes["fsdp"], sizes["tp"]
+
+
+def check_env_split(num_envs: int, env_shards: int, field: str) -> None:
+    """`num_envs` environments (config field `field`) split evenly over `env_shards`
+    (mesh.data × mesh.fsdp); ConfigError naming `field` otherwise."""
+    if num_envs % env_shards:
+        _fail(field, f"{num_envs} environments do not split evenly over the {env_shards} "
+                     "env shards of the mesh (data × fsdp)")
 
 
 def make_mesh(sizes: tuple[int, int, int], devices=None) -> Mesh:
@@ -220,9 +263,7 @@ class Plan:
         return jax.device_put(x, self.env_sharding(np.ndim(x), axis))
 
     def check_envs(self, num_envs: int, field: str) -> None:
-        if num_envs % self.env_shards:
-            _fail(field, f"{num_envs} environments do not split evenly over the "
-                         f"{self.env_shards} env shards of the mesh (data × fsdp)")
+        check_env_split(num_envs, self.env_shards, field)
 
     # -- inside jit ------------------------------------------------------------------
 
@@ -327,18 +368,18 @@ def sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def plan_for(mesh_config: dict[str, Any], devices=None) -> Plan:
-    """The plan of a finalized `mesh` config section (`data`, `fsdp`, `tp`, `mode`).
+def plan_for(mesh_config: MeshConfig, devices=None) -> Plan:
+    """The plan of a finalized `mesh` config section.
 
     A multi-process run must span every device (each process owns a part of the mesh).
     """
     devices = list(jax.devices() if devices is None else devices)
-    sizes = resolve_axis_sizes(mesh_config["data"], mesh_config["fsdp"], mesh_config["tp"],
+    sizes = resolve_axis_sizes(mesh_config.data, mesh_config.fsdp, mesh_config.tp,
                                len(devices))
     if jax.process_count() > 1 and math.prod(sizes) != len(devices):
         _fail("mesh.data", f"a multi-process run must use all {len(devices)} devices, the "
                            f"mesh {dict(zip(AXES, sizes))} uses {math.prod(sizes)}")
-    return Plan(make_mesh(sizes, devices), mesh_config["mode"])
+    return Plan(make_mesh(sizes, devices), mesh_config.mode)
 
 
 def initialize_distributed(coordinator_address: str | None = None,

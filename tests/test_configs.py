@@ -1,5 +1,6 @@
 """Every shipped config finalizes (profiles and datasets resolve, fields validate)."""
 
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -75,6 +76,33 @@ def test_every_numeric_field_is_range_checked(field, value):
         node[name] = value
     with pytest.raises(ConfigError, match=rf"config field '{field}'"):
         finalize(config)
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("code_cpu", "team.layout", "plain"), ("tiny_cpu", "rollout.reward_placement", "all"),
+    ("tiny_cpu", "task.grader", "sympy"), ("tiny_cpu", "model.dtype", "float8"),
+])
+def test_a_value_outside_its_choices_is_named(name, field, value):
+    config = importlib.import_module(f"configs.{name}").get_config()
+    section, _, key = field.partition(".")
+    config[section][key] = value
+    with pytest.raises(ConfigError, match=rf"config field '{field}': '{value}' is not one of"):
+        finalize(config)
+
+
+def test_sections_are_typed_and_the_observation_width_resolved_in_setup():
+    from marft_jax.training.setup import build_setup
+
+    config = importlib.import_module("configs.tiny_cpu").get_config()
+    config.rollout.obs_tokens = 0
+    exp = finalize(config)
+    assert (exp.train.iterations, exp.task.kind, exp.sampling.top_k, exp.mesh.mode) == \
+        (3, "tokens", 0, "auto")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exp.train.iterations = 4
+    assert exp.rollout.obs_tokens == 0  # as configured: derive it
+    width = build_setup(exp).rollout_config.obs_tokens
+    assert width > 0 and width % 32 == 0
 
 
 def test_unknown_field_of_any_section_is_named():

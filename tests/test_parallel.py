@@ -230,7 +230,7 @@ def test_axis_sizes_fill_the_rest_and_name_bad_fields():
     (dict(mode="shard_map", tp=2), "mesh.mode"),
     (dict(data=3), "rollout.num_envs"),
     (dict(tp=0), "mesh.tp"),
-    (dict(data=-1, fsdp=-1), "mesh.data"),
+    (dict(data=-1, fsdp=-1), "mesh.fsdp"),  # the second -1
 ])
 def test_bad_mesh_config_names_the_field(changes, field):
     from configs.tiny_cpu import get_config

@@ -214,4 +214,4 @@ def test_config_section_without_faults_still_finalizes():
 
     config = _config()
     del config["faults"]
-    assert finalize(ml_collections.ConfigDict(config)).train["iterations"] == 4
+    assert finalize(ml_collections.ConfigDict(config)).train.iterations == 4

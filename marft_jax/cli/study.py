@@ -205,7 +205,7 @@ def _study(argv):
         if _DRY_RUN.value:
             print("\n".join(sorted(set(commands))))
             continue
-        iterations = exps[0].train["iterations"]
+        iterations = exps[0].train.iterations
         if _REPORT_ONLY.value:
             todo = [i for i, d in enumerate(dirs) if not _finished(d, iterations)]
             for i in todo:

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from marft_jax.errors import ConfigError
 
 if TYPE_CHECKING:
-    import ml_collections
-
     from marft_jax.flexmg.game import ProblemTable
     from marft_jax.flexmg.layout import ObservationLayout
     from marft_jax.training.config import Experiment
+    from marft_jax.training.sections import TaskConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +61,16 @@ class TaskSpec:
         jax_native: the rollout's reward is pure JAX and needs no tokenizer, so the seeds
             of a study can be vmapped into one program; text tasks use the team's layout.
         vocab_needed: `vocab_needed(exp)`, the token ids the tiny model must have.
-        check: `check(task_section)`: task-specific field checks, raising ConfigError
-            naming the field; run by `training.config.finalize`.
+        check: `check(task)`: task-specific checks of the typed `task` section
+            (`training.sections.TaskConfig`), raising ConfigError naming the field; run
+            by `training.config.finalize`.
     """
 
     name: str
     build: Callable[[Experiment, Any], BuiltTask]
     jax_native: bool = False
     vocab_needed: Callable[[Experiment], int] = lambda exp: 0
-    check: Callable[[ml_collections.ConfigDict], None] = lambda task: None
+    check: Callable[[TaskConfig], None] = lambda task: None
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -104,7 +104,7 @@ def _text_stops(tokenizer) -> tuple[tuple[int, ...], int]:
 def _token_config(exp: Experiment):
     from marft_jax.envs.tokens import TokenTaskConfig
 
-    return TokenTaskConfig(num_symbols=exp.task["num_symbols"],
+    return TokenTaskConfig(num_symbols=exp.task.num_symbols,
                            num_agents=exp.team.num_agents)
 
 
@@ -124,16 +124,15 @@ def _math_problems(exp: Experiment):
     from marft_jax.envs.math.datasets import load_math_dataset
 
     t = exp.task
-    if t["kind"] == "arithmetic":
+    if t.kind == "arithmetic":
         try:
-            cfg = ArithmeticTaskConfig(digits=t["digits"], terms=t["terms"], ops=tuple(t["ops"]),
-                                       templates=t["templates"])
+            cfg = ArithmeticTaskConfig(digits=t.digits, terms=t.terms, ops=t.ops,
+                                       templates=t.templates)
         except ConfigError as e:
             raise ConfigError(f"config field 'task': {e}") from None
-        return generate_split(cfg, t["train_problems"], t["heldout_problems"],
-                              t.get("split_seed", 0))
-    train = load_math_dataset(t["dataset"], t["train_split"])[:t["train_problems"]]
-    heldout = load_math_dataset(t["dataset"], t["eval_split"])[:t["heldout_problems"]]
+        return generate_split(cfg, t.train_problems, t.heldout_problems, t.split_seed)
+    train = load_math_dataset(t.dataset, t.train_split)[:t.train_problems]
+    heldout = load_math_dataset(t.dataset, t.eval_split)[:t.heldout_problems]
     return train, heldout
 
 
@@ -142,7 +141,7 @@ def _build_math(exp: Experiment, tokenizer) -> BuiltTask:
     from marft_jax.flexmg.layout import build_layout
 
     answer_mask = exp.team.answer_mask
-    grader = exp.task.get("grader", "builtin")
+    grader = exp.task.grader
     splits = []
     for problems in _math_problems(exp):
         if not problems:
@@ -186,29 +185,29 @@ def _build_code(exp: Experiment, tokenizer) -> BuiltTask:
 
     t = exp.task
     try:
-        problems = load_code_dataset(t["dataset"])
+        problems = load_code_dataset(t.dataset)
     except ConfigError as e:
         raise ConfigError(f"config field 'task.dataset': {e}") from None
     try:
-        train_problems, heldout_problems = split_problems(problems, t["heldout_problems"],
-                                                          t.get("split_seed", 0))
+        train_problems, heldout_problems = split_problems(problems, t.heldout_problems,
+                                                          t.split_seed)
     except ConfigError as e:
-        raise ConfigError(f"config field 'task.heldout_problems': {e} ({t['dataset']!r})") \
+        raise ConfigError(f"config field 'task.heldout_problems': {e} ({t.dataset!r})") \
             from None
-    train_problems = train_problems[:t["train_problems"]]
+    train_problems = train_problems[:t.train_problems]
     if not train_problems:
-        raise ConfigError(f"config field 'task.heldout_problems': {t['heldout_problems']} of "
-                          f"the {len(problems)} problems of {t['dataset']!r} held out leave "
+        raise ConfigError(f"config field 'task.heldout_problems': {t.heldout_problems} of "
+                          f"the {len(problems)} problems of {t.dataset!r} held out leave "
                           "none to train on")
-    timeout = float(t["code_timeout_s"])
+    timeout = float(t.code_timeout_s)
     limits = SandboxLimits(timeout_s=timeout, cpu_s=max(1, int(timeout)),
-                           memory_mb=int(t["code_memory_mb"]))
+                           memory_mb=int(t.code_memory_mb))
     splits = []
     for chosen, reward in ((train_problems, "fraction"), (heldout_problems, "pass")):
         if not chosen:
             splits.append(None)
             continue
-        task = build_code_task(chosen, tokenizer, limits, t["code_workers"], reward)
+        task = build_code_task(chosen, tokenizer, limits, t.code_workers, reward)
         splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, exp.team.answer_mask),
                                 code=task))
     return BuiltTask(build_layout(exp.team, tokenizer, exp.layout), splits[0], splits[1],

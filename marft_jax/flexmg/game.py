@@ -86,6 +86,7 @@ def init_game(layout: ObservationLayout, problems: ProblemTable, num_envs: int,
         order: `[P]` an explicit problem order (evaluation walks the table in order).
         group_size: consecutive envs in groups of this size share each problem (GRPO).
     """
+    # The contract; the config's check, naming ppo.group_size, is in training/config.py.
     if group_size < 1 or num_envs % group_size:
         raise ValueError(f"num_envs={num_envs} is not a multiple of group_size={group_size}")
     if order is None:

@@ -33,7 +33,6 @@ from marft_jax.errors import ConfigError
 from marft_jax.flexmg.profiles import Team
 
 Array = jax.Array
-LAYOUTS = ("chat", "reference")
 JUDGE_LINES = ("judge: The answer is incorrect.\n", "judge: The answer is correct.\n")
 _SENTINEL = "\u2063MARFT_USER_CONTENT\u2063"
 
@@ -87,33 +86,47 @@ def _strip_pseudo_chatml(prompt: str) -> str:
     return text.strip()
 
 
+def _reference_segments(team: Team, tokenizer: TextTokenizer):
+    """The reference's pseudo-ChatML: each profile prompt as it is, `<|im_start|>` turns."""
+    enc, roles = tokenizer.encode, team.roles
+    prefix = [enc(p.prompt) for p in team.profiles]
+    suffix = [enc(f"<|im_start|>{r}: ") for r in roles]
+    pred_open = [enc(f"<|im_start|>{r}: ") for r in roles]
+    return (prefix, suffix, enc("<|im_start|>problem: "), enc("<|im_end|>\n"), pred_open,
+            enc("<|im_end|>\n"))
+
+
+def _chat_segments(team: Team, tokenizer: TextTokenizer):
+    """The tokenizer's chat template: the profile prompt as the system message, the
+    observation as the user message, then the agent's role."""
+    enc = tokenizer.encode
+    prefix, suffix = [], []
+    for p in team.profiles:
+        text = tokenizer.chat_prompt_text(
+            [{"role": "system", "content": _strip_pseudo_chatml(p.prompt)},
+             {"role": "user", "content": _SENTINEL}], add_generation_prompt=True)
+        if text.count(_SENTINEL) != 1:
+            raise ConfigError("tokenizer: the chat template does not render the user "
+                              "message verbatim; use layout='reference'")
+        before, after = text.split(_SENTINEL)
+        prefix.append(enc(before))
+        suffix.append(enc(after + f"{p.role}: "))
+    pred_open = [enc(f"{r}: ") for r in team.roles]
+    return prefix, suffix, enc("problem: "), enc("\n"), pred_open, enc("\n")
+
+
+# Layout styles (`team.layout`, checked by `training.config.finalize`): each gives the
+# prefix, suffix, problem open / close, prediction open and close segments.
+_STYLES = {"chat": _chat_segments, "reference": _reference_segments}
+LAYOUTS = tuple(_STYLES)
+
+
 def build_layout(team: Team, tokenizer: TextTokenizer, style: str = "chat") -> ObservationLayout:
-    """Tokenises the observation segments of `team` for `style` ("chat" or "reference")."""
-    if style not in LAYOUTS:
-        raise ConfigError(f"config: field 'layout' is {style!r}; choose one of {list(LAYOUTS)}")
+    """Tokenises the observation segments of `team` for `style` (one of `LAYOUTS`)."""
     enc = tokenizer.encode
     roles = team.roles
-    if style == "reference":
-        prefix = [enc(p.prompt) for p in team.profiles]
-        suffix = [enc(f"<|im_start|>{r}: ") for r in roles]
-        problem_open, problem_close = enc("<|im_start|>problem: "), enc("<|im_end|>\n")
-        pred_open = [enc(f"<|im_start|>{r}: ") for r in roles]
-        pred_close = enc("<|im_end|>\n")
-    else:
-        prefix, suffix = [], []
-        for p in team.profiles:
-            text = tokenizer.chat_prompt_text(
-                [{"role": "system", "content": _strip_pseudo_chatml(p.prompt)},
-                 {"role": "user", "content": _SENTINEL}], add_generation_prompt=True)
-            if text.count(_SENTINEL) != 1:
-                raise ConfigError("tokenizer: the chat template does not render the user "
-                                  "message verbatim; use layout='reference'")
-            before, after = text.split(_SENTINEL)
-            prefix.append(enc(before))
-            suffix.append(enc(after + f"{p.role}: "))
-        problem_open, problem_close = enc("problem: "), enc("\n")
-        pred_open = [enc(f"{r}: ") for r in roles]
-        pred_close = enc("\n")
+    prefix, suffix, problem_open, problem_close, pred_open, pred_close = \
+        _STYLES[style](team, tokenizer)
     return ObservationLayout(
         prefix=Segments.from_lists(prefix),
         suffix=Segments.from_lists(suffix),

@@ -29,7 +29,14 @@ from marft_jax.flexmg.profiles import Team
 from marft_jax.flexmg.trajectory import Trajectory
 
 Array = jax.Array
-PLACEMENTS = ("last", "team", "answering")
+# `reward_placement` (checked by `training.config.finalize`): the per-decision rewards
+# `[A, E]` of a round from `(correct [A, E], answer [A, 1], score [E], last_agent)`.
+_PLACE_REWARDS = {
+    "last": lambda correct, answer, score, last: jnp.zeros_like(correct).at[last].set(score),
+    "team": lambda correct, answer, score, last: jnp.broadcast_to(score, correct.shape),
+    "answering": lambda correct, answer, score, last: correct * answer,
+}
+PLACEMENTS = tuple(_PLACE_REWARDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +62,6 @@ class RolloutConfig:
     pad_id: int = 0
 
     def __post_init__(self):
-        if self.reward_placement not in PLACEMENTS:
-            raise ConfigError(f"config: field 'reward_placement' is {self.reward_placement!r}; "
-                              f"choose one of {list(PLACEMENTS)}")
         for name in ("num_rounds", "horizon", "obs_tokens", "action_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config: field {name!r} must be positive")
@@ -78,13 +82,7 @@ def place_rewards(correct: Array, answer_mask: np.ndarray, last_agent: int,
     """
     answer = jnp.asarray(answer_mask, jnp.float32)[:, None]  # [A, 1]
     score = jnp.sum(correct * answer, axis=0) / jnp.maximum(jnp.sum(answer), 1.0)  # [E]
-    if placement == "last":
-        rewards = jnp.zeros_like(correct).at[last_agent].set(score)
-    elif placement == "team":
-        rewards = jnp.broadcast_to(score, correct.shape)
-    else:
-        rewards = correct * answer
-    return score, rewards
+    return score, _PLACE_REWARDS[placement](correct, answer, score, last_agent)
 
 
 def host_reward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],

@@ -18,8 +18,11 @@ from marft_jax.algorithms.config import PPO_RULES, PPOConfig
 from marft_jax.envs.registry import get_task
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.layout import LAYOUTS
-from marft_jax.flexmg.rollout import PLACEMENTS, RolloutConfig
+from marft_jax.flexmg.rollout import PLACEMENTS
 from marft_jax.models.config import DTYPES, LORA_TARGETS, LoraConfig, ModelConfig
+from marft_jax.parallel import MeshConfig, check_env_split
+from marft_jax.training.sections import (RolloutSettings, SamplingConfig, TaskConfig,
+                                         TrainConfig, defaults, from_section)
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, Rule)
 
@@ -82,50 +85,15 @@ def base_config() -> ml_collections.ConfigDict:
         profiles="math_dual", layout="chat",
         independent=False,  # True: no agent sees another's response (the IPPO baseline)
     ))
-    c.task = ml_collections.ConfigDict(dict(
-        kind="arithmetic",
-        # arithmetic word problems
-        digits=2, terms=2, ops=("+",), templates="mixed", train_problems=2000,
-        heldout_problems=200,
-        split_seed=0,  # draws the problem sets: fixed across run seeds, so they compare
-        # a shared dataset (kind == "dataset")
-        dataset="gsm8k", train_split="train", eval_split="test",
-        # the JAX-native token task (kind == "tokens")
-        num_symbols=8,
-        # how math answers are graded: "builtin" (envs/math/grader.py) or "math_verify"
-        # (HF's math-verify, in the same hard-timeout worker; pip install math-verify)
-        grader="builtin",
-        # code (kind == "code"; task.dataset: "builtin", "humaneval" or a HumanEval-format
-        # .jsonl): candidates graded at once, wall-clock limit and memory (MiB) of each
-        code_workers=2, code_timeout_s=5.0, code_memory_mb=1024,
-    ))
-    c.rollout = ml_collections.ConfigDict(dict(
-        num_envs=8, num_rounds=1, horizon=3, reward_placement="last",
-        obs_tokens=0,  # observation width; 0 = the longest possible, derived
-    ))
-    c.sampling = ml_collections.ConfigDict(dict(
-        max_new_tokens=256, temperature=0.5, top_k=50, top_p=1.0,
-    ))
+    # The sections typed in `training.sections` (and `parallel.MeshConfig`) take their
+    # fields and defaults from those dataclasses, documented there.
+    c.task = ml_collections.ConfigDict(defaults(TaskConfig))
+    c.rollout = ml_collections.ConfigDict(defaults(RolloutSettings))
+    c.sampling = ml_collections.ConfigDict(defaults(SamplingConfig))
     c.ppo = ml_collections.ConfigDict({k: v for k, v in dataclasses.asdict(PPOConfig()).items()})
     c.ppo.critic_hidden = tuple(c.ppo.critic_hidden)
-    c.mesh = ml_collections.ConfigDict(dict(
-        # Device mesh ("data", "fsdp", "tp"); -1 = the rest of the devices. The default is
-        # one device. mode: "auto" (sharded jit) or "shard_map" (data-parallel update
-        # gradient step with an explicit all-reduce; needs fsdp = tp = 1).
-        data=1, fsdp=1, tp=1, mode="auto",
-    ))
-    c.train = ml_collections.ConfigDict(dict(
-        iterations=10, eval_every=0, eval_problems=200, eval_greedy=True, eval_samples=1,
-        eval_sampled=False,  # also evaluate sampled at sampling.temperature (pass@k)
-        eval_before=True,  # evaluate the untrained team first (a study's baseline row can)
-        eval_batch=0,  # problems per evaluation call; 0 = rollout.num_envs
-        checkpoint_every=1, keep_checkpoints=3, output_dir="runs", run_name="",
-        log_every=1,
-        # Non-finite updates: after this many consecutive iterations with a skipped
-        # non-finite step (or a non-finite state), restore the last good checkpoint, fold
-        # a fresh key and continue (0 = never); give up after max_rollbacks of them.
-        rollback_after=3, max_rollbacks=3,
-    ))
+    c.mesh = ml_collections.ConfigDict(defaults(MeshConfig))
+    c.train = ml_collections.ConfigDict(defaults(TrainConfig))
     # Fault injection for tests (see training/faults.py): "nan_loss", "inf_grad" or
     # "nan_critic" at iteration `iteration` (for `count` iterations) and agent `agent`.
     c.faults = ml_collections.ConfigDict(dict(kind="none", iteration=1, agent=0, count=1))
@@ -134,7 +102,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """The validated, typed form of a config."""
+    """The validated, typed form of a config.
+
+    Attributes:
+        config: the ConfigDict it was finalized from, only for the run directory's
+            `config.json` and the resume comparison; code reads the typed fields.
+        faults: the `faults` section (`training.faults`; kind "none" without one).
+    """
 
     config: ml_collections.ConfigDict
     seed: int
@@ -144,13 +118,14 @@ class Experiment:
     lora: LoraConfig
     team: Any  # flexmg.profiles.Team
     layout: str
-    task: dict[str, Any]
-    rollout: RolloutConfig
-    sampling: dict[str, Any]
+    task: TaskConfig
+    rollout: RolloutSettings
+    sampling: SamplingConfig
     ppo: PPOConfig
-    train: dict[str, Any]
-    mesh: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: dict(data=1, fsdp=1, tp=1, mode="auto"))
+    train: TrainConfig
+    mesh: MeshConfig = MeshConfig()
+    faults: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: dict(kind="none", iteration=1, agent=0, count=1))
 
 
 def _fail(field: str, message: str):
@@ -258,15 +233,16 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
                               f"{team.num_agents}")
     from marft_jax.envs.math.grader import GRADERS
 
-    if c.task.get("grader", "builtin") not in GRADERS:
-        _fail("task.grader", f"{c.task.grader!r} is not one of {list(GRADERS)}")
-    if c.task.get("grader", "builtin") == "math_verify":
+    task = from_section(TaskConfig, c.task)
+    if task.grader not in GRADERS:
+        _fail("task.grader", f"{task.grader!r} is not one of {list(GRADERS)}")
+    if task.grader == "math_verify":
         import importlib.util
 
         if importlib.util.find_spec("math_verify") is None:
             _fail("task.grader", "'math_verify' needs the math-verify package "
                                  "(pip install math-verify==0.9.0)")
-    get_task(c.task.kind).check(c.task)
+    get_task(task.kind).check(task)
     if c.rollout.reward_placement not in PLACEMENTS:
         _fail("rollout.reward_placement", f"{c.rollout.reward_placement!r} is not one of "
                                           f"{list(PLACEMENTS)}")
@@ -289,39 +265,22 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         _fail("ppo.num_minibatches", f"{ppo.num_minibatches} minibatches need at least as many "
                                      f"envs (rollout.num_envs={c.rollout.num_envs})")
 
-    mesh = _mesh_section(c)
-    max_new = int(c.sampling.max_new_tokens)
-    rollout = RolloutConfig(num_rounds=c.rollout.num_rounds, horizon=c.rollout.horizon,
-                            obs_tokens=max(1, c.rollout.obs_tokens), action_tokens=max_new,
-                            reward_placement=c.rollout.reward_placement)
     return Experiment(
         config=c, seed=int(c.seed), model_name=str(c.model.name), dtype=c.model.dtype,
         tiny=dict(c.model.tiny) if c.model.name == "tiny" else None, lora=lora, team=team,
-        layout=c.team.layout, task=dict(c.task), rollout=rollout, sampling=dict(c.sampling),
-        ppo=ppo, train=dict(c.train), mesh=mesh)
+        layout=c.team.layout, task=task, rollout=from_section(RolloutSettings, c.rollout),
+        sampling=from_section(SamplingConfig, c.sampling), ppo=ppo,
+        train=from_section(TrainConfig, c.train), mesh=_mesh_section(c), faults=faults)
 
 
-def _mesh_section(c) -> dict[str, Any]:
-    """The `mesh` section (optional: one device without it), checked without devices."""
-    from marft_jax.parallel import MODES
-
-    mesh = dict(data=1, fsdp=1, tp=1, mode="auto") | (c.mesh.to_dict() if "mesh" in c else {})
-    unknown = sorted(set(mesh) - {"data", "fsdp", "tp", "mode"})
+def _mesh_section(c) -> MeshConfig:
+    """The `mesh` section (optional: one device without it), checked without devices
+    (`MeshConfig` checks its own fields; here: unknown ones, and the env split)."""
+    given = c.mesh.to_dict() if "mesh" in c else {}
+    unknown = sorted(set(given) - set(defaults(MeshConfig)))
     if unknown:
         _fail(f"mesh.{unknown[0]}", "is not a mesh setting (data, fsdp, tp, mode)")
-    for axis in ("data", "fsdp", "tp"):
-        size = mesh[axis]
-        if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
-            _fail(f"mesh.{axis}", f"must be -1 (the rest of the devices) or ≥ 1, got {size!r}")
-    if [mesh[a] for a in ("data", "fsdp", "tp")].count(-1) > 1:
-        _fail("mesh.data", "only one of data, fsdp, tp may be -1")
-    if mesh["mode"] not in MODES:
-        _fail("mesh.mode", f"{mesh['mode']!r} is not one of {list(MODES)}")
-    if mesh["mode"] == "shard_map" and (mesh["fsdp"] != 1 or mesh["tp"] != 1):
-        _fail("mesh.mode", "'shard_map' is the data-parallel mode: it needs mesh.fsdp = "
-                           f"mesh.tp = 1, got fsdp={mesh['fsdp']}, tp={mesh['tp']}")
-    if isinstance(mesh["data"], int) and mesh["data"] > 0 \
-            and c.rollout.num_envs % (mesh["data"] * max(mesh["fsdp"], 1)):
-        _fail("rollout.num_envs", f"{c.rollout.num_envs} environments do not split over "
-                                  f"mesh.data × mesh.fsdp = {mesh['data'] * mesh['fsdp']}")
+    mesh = MeshConfig(**given)
+    if mesh.data > 0:  # a -1 axis is resolved against the devices (`Plan.check_envs`)
+        check_env_split(c.rollout.num_envs, mesh.data * max(mesh.fsdp, 1), "rollout.num_envs")
     return mesh

@@ -7,11 +7,14 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import ml_collections
 
 from marft_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+    from marft_jax.training.config import Experiment
 
 
 class _QuietLibraries(logging.Filter):
@@ -108,12 +111,12 @@ def quiet_library_logs() -> None:
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
-def default_run_dir(config: ml_collections.ConfigDict) -> Path:
+def default_run_dir(exp: Experiment) -> Path:
     """`<output_dir>/<run_name>`, or a name from team, algorithm, seed and the time."""
-    name = config.train.run_name or (
-        f"{Path(str(config.team.profiles)).stem}_{config.ppo.algorithm}_seed{config.seed}_"
+    name = exp.train.run_name or (
+        f"{Path(exp.team.source).stem}_{exp.ppo.algorithm}_seed{exp.seed}_"
         f"{time.strftime('%Y%m%d-%H%M%S')}")
-    return Path(config.train.output_dir) / name
+    return Path(exp.train.output_dir) / name
 
 
 def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bool,
@@ -134,9 +137,9 @@ def run_entry(config: ml_collections.ConfigDict, run_dir: str | None, resume: bo
     with one_line_errors():
         exp = finalize(config)
         plan_for(exp.mesh)  # the mesh fits the devices, before anything is written
-        if resume and run_dir is None and not config.train.run_name:
+        if resume and run_dir is None and not exp.train.run_name:
             raise ConfigError("--resume needs --run_dir (or config.train.run_name)")
-        path = Path(run_dir) if run_dir else default_run_dir(config)
+        path = Path(run_dir) if run_dir else default_run_dir(exp)
         if resume and not (path / "config.json").exists():
             raise ConfigError(f"{path}: no run to resume (config.json is missing)")
         built = build(exp) if build is not None else None

@@ -179,7 +179,7 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
         raise ConfigError("config field 'ppo.logprob_norm': 'word' counts words on the host, "
                           "which a traced (seed-vmapped) iteration cannot")
     rollout = make_team_rollout(setup, setup.train, setup.rollout_config,
-                                float(exp.sampling["temperature"]), plan=plan)
+                                float(exp.sampling.temperature), plan=plan)
     options: dict[str, Any] = {}
     if plan is not None:
         rollout = plan.jit_rollout(rollout, group_size=problem_group_size(exp))

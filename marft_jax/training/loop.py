@@ -55,7 +55,7 @@ def _meta(setup: RunSetup, step: int, fingerprint: str | None = None) -> dict[st
 
 def eval_batch(exp: Experiment) -> int:
     """Problems per evaluation call (`train.eval_batch`, 0 = the rollout's env count)."""
-    return exp.train.get("eval_batch", 0) or exp.config.rollout.num_envs
+    return exp.train.eval_batch or exp.rollout.num_envs
 
 
 def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
@@ -67,7 +67,7 @@ def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
     root = jax.random.key(exp.seed)
     state = create_train_state(exp.ppo, setup.lora, sampling_key(root, Phase.INIT_CRITIC),
                                setup.model_config.hidden_size, exp.team.num_agents)
-    game = init_game(setup.layout, setup.train.table, exp.config.rollout.num_envs,
+    game = init_game(setup.layout, setup.train.table, exp.rollout.num_envs,
                      setup.state_size, sampling_key(root, Phase.INIT_GAME),
                      group_size=problem_group_size(exp))
     if plan is not None:
@@ -103,7 +103,7 @@ def load_trained_adapters(setup: RunSetup, run_dir: str | Path, step: int | None
     where = Path(run_dir) / "checkpoints"
     if not where.is_dir():  # checked first: opening a checkpointer would create it
         raise ConfigError(f"{where}: no checkpoints directory (is --run_dir a training run?)")
-    checkpointer = RunCheckpointer(run_dir, keep=setup.exp.train["keep_checkpoints"],
+    checkpointer = RunCheckpointer(run_dir, keep=setup.exp.train.keep_checkpoints,
                                    async_save=False)
     try:
         saved = checkpointer.steps()
@@ -131,7 +131,7 @@ def prepare_setup(exp: Experiment) -> RunSetup:
     does not fit), done before the run directory is written."""
     plan = parallel.plan_for(exp.mesh)
     setup = build_setup(exp)
-    num_envs = exp.config.rollout.num_envs
+    num_envs = exp.rollout.num_envs
     plan.check_envs(num_envs, "rollout.num_envs")
     plan.check_envs(eval_batch(exp), "train.eval_batch")
     plan.check_update(exp.ppo, num_envs)
@@ -173,12 +173,12 @@ def make_evaluators(setup: RunSetup, plan: parallel.Plan | None = None
     `train.eval_greedy` says) and, with `train.eval_sampled`, "sampled" (at the training
     temperature, `train.eval_samples` samples a problem). Empty without a held-out split."""
     exp = setup.exp
-    if setup.heldout is None or exp.train["eval_problems"] == 0:
+    if setup.heldout is None or exp.train.eval_problems == 0:
         return {}
     make = lambda greedy: Evaluator(setup, setup.heldout, batch=eval_batch(exp), greedy=greedy,
-                                    samples=exp.train["eval_samples"], plan=plan)
-    evaluators = {"": make(exp.train["eval_greedy"])}
-    if exp.train.get("eval_sampled", False) and exp.train["eval_greedy"]:
+                                    samples=exp.train.eval_samples, plan=plan)
+    evaluators = {"": make(exp.train.eval_greedy)}
+    if exp.train.eval_sampled and exp.train.eval_greedy:
         evaluators["sampled"] = make(False)
     return evaluators
 
@@ -196,7 +196,7 @@ def evaluate_team(evaluators: dict[str, Evaluator], setup: RunSetup, lora, step:
     for name, evaluator in evaluators.items():
         suffix = f"_{name}" if name else ""
         path = run_dir / f"responses_{tag}{suffix}.jsonl" if (main and run_dir) else None
-        out = evaluator.run(lora, key, limit=setup.exp.train["eval_problems"],
+        out = evaluator.run(lora, key, limit=setup.exp.train.eval_problems,
                             responses_path=path, progress=main, base=setup.base)
         if main:
             logging.info("eval %s%s (step %d): %s", tag, suffix, step,
@@ -232,17 +232,17 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     setup = place_setup(setup, plan)
     state, game = initial_state(setup, plan)
     iteration = make_iteration(setup, plan, state=state)
-    faults = fault_lib.fault_settings(exp.config)
+    faults = exp.faults
 
-    checkpointer = RunCheckpointer(run_dir, exp.train["keep_checkpoints"])
+    checkpointer = RunCheckpointer(run_dir, exp.train.keep_checkpoints)
     start = 0
     summary: dict[str, Any] = {}
     if resume and checkpointer.latest_step() is not None:
         state, game, meta, start = resume_state(setup, checkpointer, run_dir, plan,
                                                 fingerprint)
         summary = meta.get("summary", {})
-        if start > exp.train["iterations"]:
-            raise ConfigError(f"config field 'train.iterations': {exp.train['iterations']} is "
+        if start > exp.train.iterations:
+            raise ConfigError(f"config field 'train.iterations': {exp.train.iterations} is "
                               f"fewer than the {start} iterations {run_dir} has done")
         if main:
             logging.info("resumed %s at iteration %d", run_dir, start)
@@ -254,12 +254,12 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
     root = run_key(exp.seed, rollbacks)
 
     evaluators = make_evaluators(setup, plan)
-    if start == 0 and evaluators and exp.train.get("eval_before", True):
+    if start == 0 and evaluators and exp.train.eval_before:
         summary["eval_before"] = evaluate_team(evaluators, setup, state.lora, 0, run_dir,
                                                "before")
         write(0, {"eval": summary["eval_before"]})
 
-    total = exp.train["iterations"]
+    total = exp.train.iterations
     end = total if stop_after is None else min(total, stop_after)
     times: list[float] = []
     bad_streak = 0  # consecutive iterations with a non-finite update or state
@@ -280,12 +280,12 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         times.append(time.perf_counter() - t0)
         finite = _check_finite(record["update"], state, step, team)
         bad_streak = 0 if finite else bad_streak + 1
-        if exp.train["eval_every"] and step % exp.train["eval_every"] == 0 and step < total:
+        if exp.train.eval_every and step % exp.train.eval_every == 0 and step < total:
             record["eval"] = evaluate_team(evaluators, setup, state.lora, step, run_dir,
                                            f"step{step}")
         write(step, record)
         summary["last_score"] = float(record["rollout"]["score"])
-        if main and (step % exp.train["log_every"] == 0 or step == end):
+        if main and (step % exp.train.log_every == 0 or step == end):
             sec = float(np.median(times[-5:]))
             logging.info("iteration %d/%d  %.1fs/it (%s)  ETA %.0fs  score %.3f  "
                          "reward %.3f  policy_loss %.4f  value_loss %.4f", step, total, sec,
@@ -294,10 +294,10 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
                          record["rollout"]["reward"],
                          float(np.mean(record["update"].get("policy_loss", np.nan))),
                          float(np.mean(record["update"].get("value_loss", np.nan))))
-        limit = exp.train.get("rollback_after", 0)
+        limit = exp.train.rollback_after
         if limit and bad_streak >= limit:
             rollbacks += 1
-            if rollbacks > exp.train.get("max_rollbacks", 0):
+            if rollbacks > exp.train.max_rollbacks:
                 raise RuntimeError(f"{bad_streak} consecutive non-finite updates after "
                                    f"{rollbacks - 1} rollbacks; giving up at iteration {step}")
             state, game, it = _roll_back(setup, checkpointer, plan, fingerprint, writer, step)
@@ -306,8 +306,8 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
             continue
         # A non-finite update leaves no checkpoint: the last good one is what a rollback
         # restores (and keep_checkpoints must not rotate it out).
-        if bad_streak == 0 and ((exp.train["checkpoint_every"]
-                                 and step % exp.train["checkpoint_every"] == 0) or step == end):
+        if bad_streak == 0 and ((exp.train.checkpoint_every
+                                 and step % exp.train.checkpoint_every == 0) or step == end):
             meta = _meta(setup, step, fingerprint) | {"summary": json_safe(summary)}
             checkpointer.save(step, {"train": state, "game": game}, meta)  # every process
             fault_lib.kill_point("checkpoint", step)
@@ -360,5 +360,5 @@ def _roll_back(setup: RunSetup, checkpointer: RunCheckpointer, plan: parallel.Pl
     if parallel.is_main_process():
         logging.warning("iteration %d: %d consecutive non-finite updates; rolled back to "
                         "the checkpoint of step %d with a fresh key", step,
-                        setup.exp.train["rollback_after"], good)
+                        setup.exp.train.rollback_after, good)
     return state, game, good

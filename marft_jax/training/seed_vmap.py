@@ -30,7 +30,7 @@ from marft_jax.training.setup import RunSetup, build_setup
 
 def can_vmap_seeds(exp: Experiment) -> bool:
     """True when the config's rollout is JAX-native (no host reward or tokenizer)."""
-    return get_task(exp.task["kind"]).jax_native and exp.ppo.logprob_norm != "word"
+    return get_task(exp.task.kind).jax_native and exp.ppo.logprob_norm != "word"
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -101,9 +101,9 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
     states, games = zip(*(initial_state(s) for s in setups))
     evaluate = lambda i, lora, step, tag: evaluate_team(evaluators, setups[i], lora, step,
                                                         None, tag)
-    befores = [evaluate(i, st.lora, 0, "before") if setups[i].exp.train["eval_before"] or
-               not setups[i].exp.train["iterations"] else None for i, st in enumerate(states)]
-    total = exps[0].train["iterations"]
+    befores = [evaluate(i, st.lora, 0, "before") if setups[i].exp.train.eval_before or
+               not setups[i].exp.train.iterations else None for i, st in enumerate(states)]
+    total = exps[0].train.iterations
     state, game = _stack(list(states)), _stack(list(games))
     records: list[list[dict[str, Any]]] = [[] for _ in exps]
     wall = 0.0
@@ -111,7 +111,7 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
         program = make_seed_program(setups)
         roots = jnp.stack([jax.random.key(e.seed) for e in exps])
         base = _stack([s.base for s in setups])
-        for start, length in _chunks(total, exps[0].train["eval_every"]):
+        for start, length in _chunks(total, exps[0].train.eval_every):
             t0 = time.perf_counter()
             state, game, history = program(base, state, game, roots, start, length)
             history = jax.device_get(history)

@@ -54,7 +54,7 @@ def _model(exp: Experiment, vocab_needed: int):
         fields = dict(exp.tiny)
         fields.setdefault("tie_word_embeddings", True)
         cfg = ModelConfig(dtype=exp.dtype, **fields)
-        tokenizer = None if get_task(exp.task["kind"]).jax_native else \
+        tokenizer = None if get_task(exp.task.kind).jax_native else \
             Tokenizer.byte_level()
         if tokenizer is not None and cfg.vocab_size < tokenizer.vocab_size:
             raise ConfigError(f"config field 'model.tiny.vocab_size': text tasks run the tiny "
@@ -62,7 +62,7 @@ def _model(exp: Experiment, vocab_needed: int):
                               f"ids), got {cfg.vocab_size}")
         if cfg.vocab_size < vocab_needed:
             raise ConfigError(f"config field 'model.tiny.vocab_size': the token task with "
-                              f"task.num_symbols={exp.task['num_symbols']} and a team of "
+                              f"task.num_symbols={exp.task.num_symbols} and a team of "
                               f"{exp.team.num_agents} agents needs {vocab_needed} token ids "
                               f"(symbols + one per agent + 3), got {cfg.vocab_size}")
         graphdef, base, lora = init_model(cfg, exp.lora, seed=exp.seed)
@@ -77,9 +77,9 @@ def _model(exp: Experiment, vocab_needed: int):
 
 def build_setup(exp: Experiment) -> RunSetup:
     """Loads the model and tokenizer, builds the tasks, the layout and the sampler config."""
-    k = exp.sampling["max_new_tokens"]
+    k = exp.sampling.max_new_tokens
     team = exp.team
-    spec = get_task(exp.task["kind"])
+    spec = get_task(exp.task.kind)
     cfg, graphdef, base, lora, tokenizer, source = _model(exp, spec.vocab_needed(exp))
     task = spec.build(exp, tokenizer)
     layout, train, heldout = task.layout, task.train, task.heldout
@@ -93,7 +93,7 @@ def build_setup(exp: Experiment) -> RunSetup:
     observed_state = state_capacity(layout, problem_tokens, k, team.num_agents, horizon - 1)
     max_preds = max((len(d) for d in team.dependencies), default=0)
     needed = observation_capacity(layout, observed_state, k, max_preds)
-    obs_tokens = int(exp.config.rollout.obs_tokens)
+    obs_tokens = exp.rollout.obs_tokens
     if obs_tokens == 0:  # auto: the longest possible observation, rounded up to 32
         obs_tokens = -(-needed // 32) * 32
     elif obs_tokens < needed:
@@ -107,9 +107,11 @@ def build_setup(exp: Experiment) -> RunSetup:
                           f"generated, more than the model's context of {context} tokens; "
                           "use fewer agents, a shorter rollout.horizon or "
                           "sampling.max_new_tokens")
-    rollout_config = dataclasses.replace(exp.rollout, pad_id=pad, obs_tokens=obs_tokens)
-    sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling["top_k"],
-                            top_p=exp.sampling["top_p"], stop_token_ids=stop,
+    rollout_config = RolloutConfig(num_rounds=exp.rollout.num_rounds, horizon=horizon,
+                                   obs_tokens=obs_tokens, action_tokens=k,
+                                   reward_placement=exp.rollout.reward_placement, pad_id=pad)
+    sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
+                            top_p=exp.sampling.top_p, stop_token_ids=stop,
                             pad_token_id=pad)
     return RunSetup(exp=exp, model_config=cfg, graphdef=graphdef, base=base, lora=lora,
                     tokenizer=tokenizer, layout=layout, train=train, heldout=heldout,
@@ -153,7 +155,7 @@ def make_team_rollout(setup: RunSetup, split: TaskSplit, config: RolloutConfig,
     reward_fn = split.reward_fn if plan is None else plan.per_env(split.reward_fn)
     return make_rollout(setup.exp.team, setup.layout, split.table,
                         make_generate_fn(setup, sampler, plan), reward_fn, config,
-                        max_new_tokens=setup.exp.sampling["max_new_tokens"],
+                        max_new_tokens=setup.exp.sampling.max_new_tokens,
                         temperature=temperature)
 
 

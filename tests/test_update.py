@@ -381,7 +381,8 @@ def test_objective_is_the_sum_of_its_micro_batches_and_skips_unscheduled_agents(
     np.testing.assert_array_equal(terms.count, count)
     halves = [jax.tree.map(lambda x: x[:, :, envs], batch) for envs in (slice(0, 2),
                                                                        slice(2, 4))]
-    parts = [objective(graphdef, config, params, ctx, h, policy_count, value_count)
+    jitted = jax.jit(objective, static_argnums=(0, 1))  # the unjitted call above is the point
+    parts = [jitted(graphdef, config, params, ctx, h, policy_count, value_count)
              for h in halves]
     np.testing.assert_allclose(parts[0][0] + parts[1][0], total, rtol=1e-5)
     for got, whole in zip(jax.tree.leaves(jax.tree.map(jnp.add, parts[0][1], parts[1][1])),
@@ -389,7 +390,7 @@ def test_objective_is_the_sum_of_its_micro_batches_and_skips_unscheduled_agents(
         np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6)
 
     only_first = (base, traj.adapter_ids, jnp.array([True, False]))
-    grads, _ = jax.grad(objective, argnums=2, has_aux=True)(
+    grads, _ = jax.jit(jax.grad(objective, argnums=2, has_aux=True), static_argnums=(0, 1))(
         graphdef, config, params, only_first, batch, policy_count, value_count)
     lora_grads = grads[0]
     assert all(np.all(np.asarray(g[1]) == 0) for g in jax.tree.leaves(lora_grads))

@@ -11,9 +11,9 @@ from marft_jax.flexmg.layout import build_layout, state_capacity
 from marft_jax.flexmg.profiles import team_from_dicts
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from marft_jax.sampling.types import Generation
-from tests.fake_tokenizer import ByteTokenizer
+from marft_jax.tokenizer import Tokenizer
 
-TOK = ByteTokenizer()
+TOK = Tokenizer.byte_level()
 K = 24  # action width
 
 
@@ -24,7 +24,7 @@ def scripted_policy(script):
         out = np.zeros((tokens.shape[0], K), np.int32)
         lens = np.zeros((tokens.shape[0],), np.int32)
         for row in range(tokens.shape[0]):
-            text = TOK.decode(tokens[row][mask[row]])
+            text = TOK.decode(tokens[row][mask[row]], skip_special_tokens=False)
             ids = TOK.encode(script(int(adapter_ids[row]), text))[:K]
             out[row, :len(ids)] = ids
             lens[row] = len(ids)
@@ -59,7 +59,7 @@ def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement=
 
 
 def _text(tokens, mask):
-    return TOK.decode(np.asarray(tokens)[np.asarray(mask)])
+    return TOK.decode(np.asarray(tokens)[np.asarray(mask)], skip_special_tokens=False)
 
 
 REF_TRIO = [
@@ -86,7 +86,8 @@ def test_chain_observations_hold_exactly_the_expected_tokens():
         assert _text(traj.obs_tokens[0, agent, 0], traj.obs_mask[0, agent, 0]) == text
         # Left padding: the real tokens end at the last position.
         assert bool(traj.obs_mask[0, agent, 0, -1])
-        assert TOK.decode(traj.action_tokens[0, agent, 0][traj.action_mask[0, agent, 0]]) \
+        assert TOK.decode(traj.action_tokens[0, agent, 0][traj.action_mask[0, agent, 0]],
+                          skip_special_tokens=False) \
             == outputs[agent]
     # Correct answer: the reference places the score in the last slot only, and the episode ends.
     np.testing.assert_array_equal(np.asarray(traj.rewards[0, :, 0]), [0.0, 0.0, 1.0])
@@ -145,7 +146,7 @@ def test_two_round_episode_with_scripted_policy():
     assert round2_reasoner.endswith("<|im_start|>problem: What is 2+3?<|im_end|>\n"
                                     "<|im_start|>reasoner: ")
     # The state after the last (wrong) round holds its judge line; bootstrap obs is agent 0's.
-    state = TOK.decode(np.asarray(game.tokens[0, :int(game.length[0])]))
+    state = TOK.decode(np.asarray(game.tokens[0, :int(game.length[0])]), skip_special_tokens=False)
     assert state.endswith("judge: The answer is incorrect.\n")
     assert int(game.round[0]) == 1
     assert _text(traj.next_obs_tokens[0], traj.next_obs_mask[0]).endswith("<|im_start|>reasoner: ")

@@ -192,7 +192,7 @@ def test_group_normalize_by_hand():
     std = np.std([1.0, 0.0, 0.0])
     want = np.array([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3]) / std
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    with pytest.raises(ConfigError, match="groups of 4"):
+    with pytest.raises(ConfigError, match="ppo.group_size.*groups of 4"):
         adv.group_normalize(rewards, 4, eps=0.0)
 
 

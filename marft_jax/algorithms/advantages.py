@@ -214,7 +214,8 @@ def group_normalize(x: Array, group_size: int, eps: float) -> Array:
     """
     e = x.shape[-1]
     if e % group_size:  # the contract; `training.config.finalize` checks ppo.group_size
-        raise ConfigError(f"grpo: {e} envs do not split into groups of {group_size}")
+        raise ConfigError(f"config field 'ppo.group_size': {e} envs do not split into "
+                          f"groups of {group_size}")
     grouped = x.reshape(x.shape[:-1] + (e // group_size, group_size))
     mean = jnp.mean(grouped, axis=-1, keepdims=True)
     std = jnp.std(grouped, axis=-1, keepdims=True)

@@ -61,7 +61,7 @@ def test_missing_config_json(tmp_path):
 
 def test_malformed_config_json(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match=r"config\.json: not valid JSON"):
+    with pytest.raises(ConfigError, match=r"config\.json: invalid JSON at line 1"):
         read_hf_config(tmp_path)
 
 

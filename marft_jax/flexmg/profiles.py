@@ -11,7 +11,6 @@ and the per-agent generation overrides `max_new_tokens` and `temperature`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import unicodedata
@@ -22,6 +21,7 @@ from typing import Any
 from absl import logging
 
 from marft_jax.errors import ConfigError
+from marft_jax.jsonfile import read_json
 from marft_jax.paths import DATA_ENV_VAR, data_root, project_root
 from marft_jax.flexmg.graph import DependencyGraph
 
@@ -190,17 +190,7 @@ def load_team(path_or_name: str | os.PathLike) -> Team:
             names the file and the field.
     """
     path = resolve_profile_path(path_or_name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: profile file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read profile file: {err}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ConfigError(
-            f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    data = read_json(path, "team profile", top=(dict, list))
     return team_from_dicts(data, source=str(path))
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 
 from marft_jax.errors import ConfigError
+from marft_jax.jsonfile import read_json
 from marft_jax.models.projections import PROJECTIONS
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
@@ -197,13 +197,5 @@ def read_hf_config(model_dir: str | Path, dtype: str = "float32") -> ModelConfig
         ConfigError: when the file is missing, is not JSON, or has a bad field.
     """
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found (a Hugging Face model directory needs "
-                          "config.json)")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    d = read_json(path, "a Hugging Face model directory needs config.json")
     return config_from_hf_dict(d, source=str(path), dtype=dtype)

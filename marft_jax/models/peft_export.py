@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from marft_jax.errors import ConfigError
+from marft_jax.jsonfile import read_json
 from marft_jax.models.config import LORA_TARGETS, LoraConfig, ModelConfig
 from marft_jax.models.projections import block_of
 from marft_jax.models.hf_export import save_hf_checkpoint
@@ -201,14 +202,7 @@ def save_peft_adapters(directory: str | Path, config: ModelConfig, lora_config: 
 
 
 def _read_peft_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found (a PEFT adapter needs {CONFIG_NAME})")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    d = read_json(path, f"a PEFT adapter needs {CONFIG_NAME}")
     if d.get("peft_type") != "LORA":
         raise ConfigError(f"{path}: field 'peft_type' is {d.get('peft_type')!r}, not 'LORA'")
     for field in _UNSUPPORTED:

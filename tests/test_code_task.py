@@ -161,6 +161,27 @@ def test_code_splits_follow_the_config_deterministically(tmp_path):
     assert (task.train.num_problems, task.heldout.num_problems) == (1, 1)
 
 
+def test_evaluation_counts_only_programs_that_pass_every_test(tmp_path):
+    # Training on the train split gives partial credit; evaluating it (pass@k, accuracy)
+    # must count a program as correct only when all its tests pass.
+    two_tests = dict(RECORD, test="def check(candidate):\n    assert candidate(1) == 2\n"
+                     "    assert candidate(5) == 6\n")
+    path = _write(tmp_path / "p.jsonl", [two_tests, dict(two_tests, task_id="t/1",
+                                                         prompt="def inc(y):\n")])
+    task = get_task("code").build(finalize(_code_config(dataset=str(path), heldout_problems=1)),
+                                  TOK)
+    answer = "```python\ndef inc(x):\n    return 2 if x == 1 else 0\n```"  # 1 of 2 tests
+    ids = TOK.encode(answer)
+    actions = np.zeros((2, 1, len(ids)), np.int32)
+    actions[1, 0] = ids  # the reviewer answers (code_dual)
+    lengths = np.array([[0], [len(ids)]], np.int32)
+    problem = np.zeros(1, np.int32)  # the train split's only problem
+    train = np.asarray(task.train.reward_fn(problem, actions, lengths))
+    scored = np.asarray(task.train.for_evaluation().reward_fn(problem, actions, lengths))
+    assert train[1, 0] == pytest.approx(0.5) and scored[1, 0] == 0.0
+    assert task.heldout.for_evaluation() is task.heldout  # already pass/fail
+
+
 def test_tiny_code_team_trains_end_to_end_and_writes_its_responses(tmp_path):
     """The coder -> reviewer team on the tiny random decoder (byte-level tokenizer): one
     iteration whose programs are run in the sandbox, the update, a checkpoint and the

@@ -34,10 +34,19 @@ class TaskSplit:
     reward_fn: Callable[..., Any]
     math: Any = None  # envs.math.task.MathTask
     code: Any = None  # envs.code.task.CodeTask
+    # The pass/fail score evaluation counts (accuracy, pass@k) where the training reward
+    # gives partial credit (code: the fraction of tests passed); None: `reward_fn` is one.
+    eval_reward_fn: Callable[..., Any] | None = None
 
     @property
     def num_problems(self) -> int:
         return self.table.num_problems
+
+    def for_evaluation(self) -> TaskSplit:
+        """This split with its pass/fail score as the reward (itself when that is the reward)."""
+        if self.eval_reward_fn is None:
+            return self
+        return dataclasses.replace(self, reward_fn=self.eval_reward_fn, eval_reward_fn=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +217,11 @@ def _build_code(exp: Experiment, tokenizer) -> BuiltTask:
             splits.append(None)
             continue
         task = build_code_task(chosen, tokenizer, limits, t.code_workers, reward)
-        splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, exp.team.answer_mask),
-                                code=task))
+        answer_mask = exp.team.answer_mask
+        passed = None if reward == "pass" else \
+            dataclasses.replace(task, reward="pass").reward_fn(tokenizer, answer_mask)
+        splits.append(TaskSplit(task.table, task.reward_fn(tokenizer, answer_mask), code=task,
+                                eval_reward_fn=passed))
     return BuiltTask(build_layout(exp.team, tokenizer, exp.layout), splits[0], splits[1],
                      *_text_stops(tokenizer))
 

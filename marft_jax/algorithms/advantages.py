@@ -38,8 +38,9 @@ class CreditOrder:
             be `order[0]`, and the round boundary's `1 - done` mask applies).
         skip_idle: decisions may be missing (an orchestrated team: an agent that is not
             called has no action). A missing decision gets advantage 0, and whoever would
-            bootstrap from it bootstraps from *its* successor instead (the next decision
-            that was made, possibly in a later round, with the masks in between).
+            bootstrap from it bootstraps from the next decision in the order that was made
+            (a later member of the same wave, a later wave, or a later round, with the
+            round masks in between).
     """
 
     order: tuple[int, ...]
@@ -148,19 +149,33 @@ def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Arr
     return advantages, advantages + values
 
 
-def _offer(acted: Array, value: Array, adv: Array, boot: tuple[Array, Array, Array]):
+def _offer(acted: Array, value: Array, adv: Array, later: tuple[Array, Array, Array]):
     """What a decision offers to whoever bootstraps from it: `(mask, value, advantage)`;
-    its own value and advantage if it was made, else its own bootstrap passed through."""
-    m, v_next, a_next = boot
+    its own value and advantage if it was made, else what the next decision in the order
+    offers (`later`: the next agent of the same wave or of a later one, or the next round)."""
+    m, v_next, a_next = later
     return (jnp.where(acted, 1.0, m), jnp.where(acted, value, v_next),
             jnp.where(acted, adv, a_next))
+
+
+def _boundary(not_done: Array, carried):
+    """The next round's offer seen from this round: its mask times `1 - done`."""
+    return not_done * carried[0], carried[1], carried[2]
 
 
 def _bootstrap(credit: CreditOrder, agent: int, not_done: Array, offered, carried):
     """`(mask, value, advantage)` that `agent` bootstraps from, skipping idle decisions."""
     if credit.next_round[agent]:
-        return not_done * carried[0], carried[1], carried[2]
+        return _boundary(not_done, carried)
     return offered[credit.successor[agent]]
+
+
+def _next_offer(credit: CreditOrder, agent: int, not_done: Array, offered, carried):
+    """The offer of the decision right after `agent` in the order (or the next round's)."""
+    pos = credit.order.index(agent)
+    if pos + 1 < len(credit.order):
+        return offered[credit.order[pos + 1]]
+    return _boundary(not_done, carried)
 
 
 def _gae_action_skipping(values, rewards, dones, bootstrap_value, credit, gamma, lam, acted):
@@ -180,7 +195,8 @@ def _gae_action_skipping(values, rewards, dones, bootstrap_value, credit, gamma,
             m, v_next, a_next = boot
             delta = rew[agent] + gamma * m * v_next - v[agent]
             adv[agent] = jnp.where(act[agent], delta + gamma * lam * m * a_next, 0.0)
-            offered[agent] = _offer(act[agent], v[agent], adv[agent], boot)
+            later = _next_offer(credit, agent, nd, offered, carried)
+            offered[agent] = _offer(act[agent], v[agent], adv[agent], later)
         return offered[credit.order[0]], jnp.stack(adv)
 
     init = (jnp.ones((e,), jnp.float32), bootstrap_value.astype(jnp.float32),
@@ -260,7 +276,8 @@ def gae_token(values: Array, rewards: Array, dones: Array, bootstrap_value: Arra
             boot = _bootstrap(credit, agent, nd, offered, carried)
             d = decision(v[agent], rew[agent], last_k[agent], *boot)
             adv[agent] = jnp.where(act[agent][:, None], d, 0.0)
-            offered[agent] = _offer(act[agent], v[agent, :, 0], adv[agent][:, 0], boot)
+            later = _next_offer(credit, agent, nd, offered, carried)
+            offered[agent] = _offer(act[agent], v[agent, :, 0], adv[agent][:, 0], later)
         return offered[credit.order[0]], jnp.stack(adv)
 
     if credit.skip_idle:

@@ -245,3 +245,40 @@ def test_gae_skipping_passes_over_an_idle_member_of_the_next_wave():
     a_b = 1.0 - v[2]
     np.testing.assert_allclose(np.asarray(adv)[0, :, 0],
                                [0.9 * v[2] - v[0] + 0.9 * 0.8 * a_b, 0.0, a_b], rtol=1e-5)
+
+
+# ------------------------------------------------- end to end: the text form, tiny model
+
+
+def test_tiny_math_orchestrated_team_trains_end_to_end(tmp_path):
+    """math_orchestrated on the tiny random decoder (byte-level tokenizer): the host parses
+    the orchestrator's text between waves. The random orchestrator writes no tag, so only
+    its default call (the solver) acts: the checker has no decision and no response."""
+    import importlib
+
+    from marft_jax.training.config import finalize
+    from marft_jax.training.loop import train
+    from marft_jax.training.run_dir import prepare_run_dir, read_metrics
+
+    config = importlib.import_module("configs.math_orchestrated").get_config()
+    config.model.name = "tiny"
+    config.model.tiny.update(vocab_size=259, hidden_size=32, intermediate_size=64,
+                             num_layers=1, max_position_embeddings=4096)
+    config.task.update(train_problems=8, heldout_problems=2)
+    config.rollout.update(num_envs=2, num_rounds=2, horizon=2)
+    config.sampling.update(max_new_tokens=6, temperature=1.0)
+    config.ppo.update(num_minibatches=1, critic_trunk="base", critic_hidden=(16,))
+    config.train.update(iterations=1, eval_problems=2, eval_batch=2, checkpoint_every=1,
+                        eval_before=False, eval_sampled=False)
+    exp = finalize(config)
+    assert exp.team.orchestrator == 0
+    run = tmp_path / "run"
+    prepare_run_dir(exp.config, run, resume=False)
+    summary = train(exp, run)
+    assert summary["iterations"] == 1
+    record = [r for r in read_metrics(run) if "rollout/score" in r][0]
+    update = {k: v for k, v in record.items() if k.startswith("update/")}
+    assert update and all(np.isfinite(v) for v in update.values() if v is not None)
+    rows = [json.loads(line) for line in (run / "responses_after.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert all(row["checker"] == "" and row["orchestrator"] for row in rows), rows

@@ -282,3 +282,15 @@ def test_tiny_math_orchestrated_team_trains_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (run / "responses_after.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     assert all(row["checker"] == "" and row["orchestrator"] for row in rows), rows
+
+
+def test_group_normalize_uses_only_the_decisions_made():
+    from marft_jax.algorithms.advantages import group_normalize
+    x = jnp.asarray([1.0, 0.0, 3.0, 0.0])
+    valid = jnp.asarray([True, False, True, True])
+    out = np.asarray(group_normalize(x, 4, 0.0, valid))
+    ref = np.asarray([1.0, 3.0, 0.0])
+    np.testing.assert_allclose(out[[0, 2, 3]], (ref - ref.mean()) / ref.std(), rtol=1e-6)
+    assert out[1] == 0.0
+    np.testing.assert_allclose(group_normalize(x, 4, 1e-8, jnp.ones(4, bool)),
+                               group_normalize(x, 4, 1e-8), rtol=1e-6)

@@ -6,8 +6,10 @@ greedily on all 8 problems every 25.
 
   python experiments/repro_study.py --study=configs/studies/route.py --seeds=0,1,2,3,4
 
-Rows: the untrained team; MARFT-A and MARFT-T (the orchestrator's call is trained like
-any agent's action; a worker not called has no decision).
+Rows: the untrained team; MARFT-A (the orchestrator's call is trained like any agent's
+action; a worker not called has no decision); GRPO (groups of 4 envs play one problem, no
+critic; group statistics over the decisions made). MARFT-T is left out: with one-token
+actions it is MARFT-A (a run gave the same results to float rounding).
 """
 
 from marft_jax.training.study import Condition
@@ -19,5 +21,5 @@ def get_study():
     return [
         Condition("untrained", BENCH, {"train.iterations": 0}),
         Condition("marft_a", BENCH, {}),
-        Condition("marft_t", BENCH, {"ppo.algorithm": "marft_t"}),
+        Condition("grpo", BENCH, {"ppo.algorithm": "grpo", "ppo.group_size": 4}),
     ]

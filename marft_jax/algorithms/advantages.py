@@ -297,19 +297,30 @@ def gae_token(values: Array, rewards: Array, dones: Array, bootstrap_value: Arra
     return advantages, jnp.where(valid, advantages + values, 0.0)
 
 
-def group_normalize(x: Array, group_size: int, eps: float) -> Array:
+def group_normalize(x: Array, group_size: int, eps: float,
+                    valid: Array | None = None) -> Array:
     """Group-relative scores along the env axis (last): `(x − mean_g) / (std_g + eps)`.
 
     Envs `[E]` are grouped as `[E // G, G]` (consecutive envs = G samples of one problem);
-    std is the population standard deviation (a group of one gets advantage 0).
+    std is the population standard deviation (a group of one gets advantage 0). With
+    `valid` (like `x`, bool: the decisions made), the statistics are over the valid members
+    of each group only, and invalid entries become 0.
     """
     e = x.shape[-1]
     if e % group_size:  # the contract; `training.config.finalize` checks ppo.group_size
         raise ConfigError(f"grpo: {e} envs do not split into groups of {group_size}")
-    grouped = x.reshape(x.shape[:-1] + (e // group_size, group_size))
-    mean = jnp.mean(grouped, axis=-1, keepdims=True)
-    std = jnp.std(grouped, axis=-1, keepdims=True)
-    return ((grouped - mean) / (std + eps)).reshape(x.shape)
+    split = lambda y: y.reshape(y.shape[:-1] + (e // group_size, group_size))
+    grouped = split(x)
+    if valid is None:
+        mean = jnp.mean(grouped, axis=-1, keepdims=True)
+        std = jnp.std(grouped, axis=-1, keepdims=True)
+        return ((grouped - mean) / (std + eps)).reshape(x.shape)
+    ok = split(valid.astype(bool))
+    count = jnp.maximum(jnp.sum(ok, axis=-1, keepdims=True), 1)
+    mean = jnp.sum(jnp.where(ok, grouped, 0.0), axis=-1, keepdims=True) / count
+    var = jnp.sum(jnp.where(ok, jnp.square(grouped - mean), 0.0), axis=-1,
+                  keepdims=True) / count
+    return jnp.where(ok, (grouped - mean) / (jnp.sqrt(var) + eps), 0.0).reshape(x.shape)
 
 
 def grpo_advantages(rewards: Array, dones: Array, credit: CreditOrder, gamma: float,
@@ -324,7 +335,7 @@ def grpo_advantages(rewards: Array, dones: Array, credit: CreditOrder, gamma: fl
     """
     zeros = jnp.zeros(rewards.shape, jnp.float32)
     returns, _ = gae_action(zeros, rewards, dones, zeros[0, 0], credit, gamma, 1.0, acted)
-    return group_normalize(returns, group_size, eps)
+    return group_normalize(returns, group_size, eps, acted)
 
 
 def normalize_advantages(advantages: Array, valid: Array, eps: float = 1e-8) -> Array:

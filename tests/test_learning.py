@@ -35,3 +35,20 @@ def test_token_bench_learns_from_chance(algorithm, tmp_path):
     # targets (3 of 4 at least).
     assert np.mean(scores[-10:]) > 0.6, scores[-10:]
     assert summary["eval_after"]["accuracy"] >= 0.75
+
+
+def test_orchestrator_learns_to_route(tmp_path):
+    """The routing bench (`configs/route_bench.py`): only the kind's specialist worker can
+    solve a problem, so a kind-blind orchestrator solves at most 4 of the 8 held-out
+    problems. A seeded run must route by kind (held-out ≥ 6 of 8). Credit assignment that
+    mishandles the workers not called fails here (it stalled at 4 of 8: the orchestrator
+    learnt to call one worker always)."""
+    config = load_config(ROOT / "configs" / "route_bench.py",
+                         {"train.iterations": 100, "train.eval_every": 50})
+    summary, = train_seeds([finalize(config)], [tmp_path])
+    scores = [r["rollout/score"] for r in read_metrics(tmp_path) if "rollout/score" in r]
+    assert len(scores) == 100
+    assert summary["eval_before"]["accuracy"] <= 0.25
+    assert scores[0] < 0.3
+    assert summary["eval_after"]["accuracy"] >= 0.75, summary["eval_after"]
+    assert np.mean(scores[-10:]) > 0.6, scores[-10:]

@@ -87,6 +87,20 @@ def test_bad_config_exits_2_with_one_line_naming_the_field(override, field, tmp_
     assert not (tmp_path / "bad").exists()  # nothing half-written
 
 
+def test_bad_orchestrated_team_exits_2_with_one_line_naming_file_and_field(tmp_path):
+    team = tmp_path / "orchestrated.json"
+    team.write_text(json.dumps([
+        {"role": "lead", "prompt": "", "depends_on": [], "calls": ["first", "ghost"]},
+        {"role": "first", "prompt": "", "with_answer": True, "depends_on": ["lead"]}]))
+    proc = _run(f"--run_dir={tmp_path / 'bad'}", f"--config.team.profiles={team}",
+                check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert str(team) in errors[0] and "field 'calls'" in errors[0] and "'ghost'" in errors[0]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_failed_start_leaves_nothing_so_the_corrected_retry_runs(tmp_path):
     """A model path that does not load fails before the run directory is written."""
     run_dir = tmp_path / "retry"

@@ -36,11 +36,17 @@ class CreditOrder:
         successor: per agent, the agent whose decision it bootstraps from.
         next_round: per agent, whether that decision lies in the next round (then it must
             be `order[0]`, and the round boundary's `1 - done` mask applies).
+        skip_idle: decisions may be missing (an orchestrated team: an agent that is not
+            called has no action). A missing decision gets advantage 0, and whoever would
+            bootstrap from it bootstraps from the next decision in the order that was made
+            (a later member of the same wave, a later wave, or a later round, with the
+            round masks in between).
     """
 
     order: tuple[int, ...]
     successor: tuple[int, ...]
     next_round: tuple[bool, ...]
+    skip_idle: bool = False
 
     def __post_init__(self):
         num = len(self.order)
@@ -74,7 +80,7 @@ class CreditOrder:
     def from_graph(cls, graph: DependencyGraph) -> CreditOrder:
         """From a dependency graph's waves (see `DependencyGraph.next_decision`)."""
         return cls(order=tuple(graph.order), successor=tuple(graph.bootstrap_agent),
-                   next_round=tuple(graph.bootstrap_next_round))
+                   next_round=tuple(graph.bootstrap_next_round), skip_idle=graph.dynamic)
 
 
 def _round_boundary(credit: CreditOrder, agent: int, not_done: Array, same_round, carried):
@@ -85,7 +91,8 @@ def _round_boundary(credit: CreditOrder, agent: int, not_done: Array, same_round
 
 
 def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Array,
-               credit: CreditOrder, gamma: float, lam: float) -> tuple[Array, Array]:
+               credit: CreditOrder, gamma: float, lam: float,
+               acted: Array | None = None) -> tuple[Array, Array]:
     """Action-level GAE over the linearised decisions (MARFT-A), a reverse `lax.scan`.
 
     For decision i of round t with successor s (REFERENCE §4.3):
@@ -105,10 +112,15 @@ def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Arr
         bootstrap_value: `[E]` value of the first decision of round R.
         credit: the bootstrap structure.
         gamma, lam: discount and GAE λ.
+        acted: `[R, A, E]` bool, the decisions that were made; used (and required) when
+            `credit.skip_idle` (see `CreditOrder`), ignored otherwise.
 
     Returns:
         `(advantages, returns)`, both `[R, A, E]` float32; returns = advantages + values.
     """
+    if credit.skip_idle:
+        return _gae_action_skipping(values, rewards, dones, bootstrap_value, credit, gamma,
+                                    lam, acted)
     r, a, e = values.shape
     chex.assert_shape(rewards, (r, a, e))
     chex.assert_shape(dones, (r, e))
@@ -134,6 +146,64 @@ def gae_action(values: Array, rewards: Array, dones: Array, bootstrap_value: Arr
     init = (bootstrap_value.astype(jnp.float32), jnp.zeros((e,), jnp.float32))
     _, advantages = jax.lax.scan(round_step, init, (values, rewards.astype(jnp.float32),
                                                     not_done), reverse=True)
+    return advantages, advantages + values
+
+
+def _offer(acted: Array, value: Array, adv: Array, later: tuple[Array, Array, Array]):
+    """What a decision offers to whoever bootstraps from it: `(mask, value, advantage)`;
+    its own value and advantage if it was made, else what the next decision in the order
+    offers (`later`: the next agent of the same wave or of a later one, or the next round)."""
+    m, v_next, a_next = later
+    return (jnp.where(acted, 1.0, m), jnp.where(acted, value, v_next),
+            jnp.where(acted, adv, a_next))
+
+
+def _boundary(not_done: Array, carried):
+    """The next round's offer seen from this round: its mask times `1 - done`."""
+    return not_done * carried[0], carried[1], carried[2]
+
+
+def _bootstrap(credit: CreditOrder, agent: int, not_done: Array, offered, carried):
+    """`(mask, value, advantage)` that `agent` bootstraps from, skipping idle decisions."""
+    if credit.next_round[agent]:
+        return _boundary(not_done, carried)
+    return offered[credit.successor[agent]]
+
+
+def _next_offer(credit: CreditOrder, agent: int, not_done: Array, offered, carried):
+    """The offer of the decision right after `agent` in the order (or the next round's)."""
+    pos = credit.order.index(agent)
+    if pos + 1 < len(credit.order):
+        return offered[credit.order[pos + 1]]
+    return _boundary(not_done, carried)
+
+
+def _gae_action_skipping(values, rewards, dones, bootstrap_value, credit, gamma, lam, acted):
+    """`gae_action` for a credit order whose decisions may be missing (`acted`)."""
+    r, a, e = values.shape
+    chex.assert_shape([rewards, acted], (r, a, e))
+    chex.assert_shape(dones, (r, e))
+    chex.assert_shape(bootstrap_value, (e,))
+    values = values.astype(jnp.float32)
+    not_done = 1.0 - dones.astype(jnp.float32)
+
+    def round_step(carried, xs):
+        v, rew, nd, act = xs  # [A, E], [A, E], [E], [A, E]
+        adv, offered = [None] * a, [None] * a
+        for agent in reversed(credit.order):
+            boot = _bootstrap(credit, agent, nd, offered, carried)
+            m, v_next, a_next = boot
+            delta = rew[agent] + gamma * m * v_next - v[agent]
+            adv[agent] = jnp.where(act[agent], delta + gamma * lam * m * a_next, 0.0)
+            later = _next_offer(credit, agent, nd, offered, carried)
+            offered[agent] = _offer(act[agent], v[agent], adv[agent], later)
+        return offered[credit.order[0]], jnp.stack(adv)
+
+    init = (jnp.ones((e,), jnp.float32), bootstrap_value.astype(jnp.float32),
+            jnp.zeros((e,), jnp.float32))
+    _, advantages = jax.lax.scan(round_step, init, (values, rewards.astype(jnp.float32),
+                                                    not_done, acted.astype(bool)),
+                                 reverse=True)
     return advantages, advantages + values
 
 
@@ -199,6 +269,27 @@ def gae_token(values: Array, rewards: Array, dones: Array, bootstrap_value: Arra
         first = credit.order[0]
         return (v[first, :, 0], adv[first, :, 0]), adv
 
+    def round_step_skipping(carried, xs):  # credit.skip_idle: see `_gae_action_skipping`
+        v, rew, last_k, nd, act = xs  # ..., [A, E] bool
+        adv, offered = [None] * a, [None] * a
+        for agent in reversed(credit.order):
+            boot = _bootstrap(credit, agent, nd, offered, carried)
+            d = decision(v[agent], rew[agent], last_k[agent], *boot)
+            adv[agent] = jnp.where(act[agent][:, None], d, 0.0)
+            later = _next_offer(credit, agent, nd, offered, carried)
+            offered[agent] = _offer(act[agent], v[agent, :, 0], adv[agent][:, 0], later)
+        return offered[credit.order[0]], jnp.stack(adv)
+
+    if credit.skip_idle:
+        init = (jnp.ones((e,), jnp.float32), bootstrap_value.astype(jnp.float32),
+                jnp.zeros((e,), jnp.float32))
+        acted = jnp.any(action_mask, axis=-1)  # [R, A, E]
+        _, advantages = jax.lax.scan(
+            round_step_skipping, init,
+            (values, rewards.astype(jnp.float32), last, not_done, acted), reverse=True)
+        valid = ks <= last[..., None]
+        valid = valid & acted[..., None]
+        return advantages, jnp.where(valid, advantages + values, 0.0)
     init = (bootstrap_value.astype(jnp.float32), jnp.zeros((e,), jnp.float32))
     _, advantages = jax.lax.scan(
         round_step, init, (values, rewards.astype(jnp.float32), last, not_done), reverse=True)
@@ -206,35 +297,46 @@ def gae_token(values: Array, rewards: Array, dones: Array, bootstrap_value: Arra
     return advantages, jnp.where(valid, advantages + values, 0.0)
 
 
-def group_normalize(x: Array, group_size: int, eps: float) -> Array:
+def group_normalize(x: Array, group_size: int, eps: float,
+                    valid: Array | None = None) -> Array:
     """Group-relative scores along the env axis (last): `(x − mean_g) / (std_g + eps)`.
 
     Envs `[E]` are grouped as `[E // G, G]` (consecutive envs = G samples of one problem);
-    std is the population standard deviation (a group of one gets advantage 0).
+    std is the population standard deviation (a group of one gets advantage 0). With
+    `valid` (like `x`, bool: the decisions made), the statistics are over the valid members
+    of each group only, and invalid entries become 0.
     """
     e = x.shape[-1]
     if e % group_size:  # the contract; `training.config.finalize` checks ppo.group_size
         raise ConfigError(f"config field 'ppo.group_size': {e} envs do not split into "
                           f"groups of {group_size}")
-    grouped = x.reshape(x.shape[:-1] + (e // group_size, group_size))
-    mean = jnp.mean(grouped, axis=-1, keepdims=True)
-    std = jnp.std(grouped, axis=-1, keepdims=True)
-    return ((grouped - mean) / (std + eps)).reshape(x.shape)
+    split = lambda y: y.reshape(y.shape[:-1] + (e // group_size, group_size))
+    grouped = split(x)
+    if valid is None:
+        mean = jnp.mean(grouped, axis=-1, keepdims=True)
+        std = jnp.std(grouped, axis=-1, keepdims=True)
+        return ((grouped - mean) / (std + eps)).reshape(x.shape)
+    ok = split(valid.astype(bool))
+    count = jnp.maximum(jnp.sum(ok, axis=-1, keepdims=True), 1)
+    mean = jnp.sum(jnp.where(ok, grouped, 0.0), axis=-1, keepdims=True) / count
+    var = jnp.sum(jnp.where(ok, jnp.square(grouped - mean), 0.0), axis=-1,
+                  keepdims=True) / count
+    return jnp.where(ok, (grouped - mean) / (jnp.sqrt(var) + eps), 0.0).reshape(x.shape)
 
 
 def grpo_advantages(rewards: Array, dones: Array, credit: CreditOrder, gamma: float,
-                    group_size: int, eps: float) -> Array:
+                    group_size: int, eps: float, acted: Array | None = None) -> Array:
     """Critic-free, group-relative advantages `[R, A, E]` (GRPO for a LaMAS).
 
     Each decision's Monte-Carlo return-to-go along the credit order (GAE with V = 0, λ = 1,
     no bootstrap past the buffer) is normalised across the G samples of its problem, per
     round and agent. The rollout must run the G samples of a group in lockstep (same problem,
     same rounds); with one round and the reward in the last slot this is the usual
-    `(r − mean_group) / (std_group + eps)` for every agent.
+    `(r − mean_group) / (std_group + eps)` for every agent. `acted`: see `gae_action`.
     """
     zeros = jnp.zeros(rewards.shape, jnp.float32)
-    returns, _ = gae_action(zeros, rewards, dones, zeros[0, 0], credit, gamma, 1.0)
-    return group_normalize(returns, group_size, eps)
+    returns, _ = gae_action(zeros, rewards, dones, zeros[0, 0], credit, gamma, 1.0, acted)
+    return group_normalize(returns, group_size, eps, acted)
 
 
 def normalize_advantages(advantages: Array, valid: Array, eps: float = 1e-8) -> Array:
@@ -288,9 +390,14 @@ class AdvantageInputs:
 Estimator = Callable[[AdvantageInputs, CreditOrder, PPOConfig], tuple[Array, Array | None]]
 
 
+def _acted(x: AdvantageInputs, credit: CreditOrder) -> Array | None:
+    """`[R, A, E]` decisions made (an action token), where the credit order skips idle ones."""
+    return jnp.any(x.action_mask, axis=-1) if credit.skip_idle else None
+
+
 def _gae_action(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
     return gae_action(x.values, x.rewards, x.dones, x.bootstrap_value, credit, cfg.gamma,
-                      cfg.lam)
+                      cfg.lam, _acted(x, credit))
 
 
 def _gae_token(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
@@ -299,7 +406,8 @@ def _gae_token(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
 
 
 def _grpo(x: AdvantageInputs, credit: CreditOrder, cfg: PPOConfig):
-    adv = grpo_advantages(x.rewards, x.dones, credit, cfg.gamma, cfg.group_size, cfg.grpo_eps)
+    adv = grpo_advantages(x.rewards, x.dones, credit, cfg.gamma, cfg.group_size, cfg.grpo_eps,
+                          _acted(x, credit))
     return adv, None
 
 

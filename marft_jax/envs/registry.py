@@ -58,6 +58,7 @@ class BuiltTask:
     heldout: TaskSplit | None
     stop_token_ids: tuple[int, ...]
     pad_id: int
+    router: Callable[..., Any] | None = None  # orchestrated teams: a task's own router
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,20 @@ def _build_tokens(exp: Experiment, tokenizer) -> BuiltTask:
     table = token_problems(cfg)
     split = TaskSplit(table, token_reward_fn(cfg))
     return BuiltTask(token_layout(cfg), split, split, stop_token_ids=(), pad_id=0)
+
+
+# ---- route: the JAX-native routing task of orchestrated teams --------------------------
+
+def _build_route(exp: Experiment, tokenizer) -> BuiltTask:
+    from marft_jax.envs.route import (route_problems, route_reward_fn, route_router,
+                                      route_workers)
+    from marft_jax.envs.tokens import token_layout
+
+    cfg = _token_config(exp)
+    split = TaskSplit(route_problems(cfg, len(route_workers(exp.team))),
+                      route_reward_fn(cfg, exp.team))
+    return BuiltTask(token_layout(cfg), split, split, stop_token_ids=(), pad_id=0,
+                     router=route_router(cfg, exp.team))
 
 
 # ---- math: generated arithmetic word problems, or a shared dataset ---------------------
@@ -231,3 +246,5 @@ register_task(TaskSpec("dataset", _build_math))
 register_task(TaskSpec("tokens", _build_tokens, jax_native=True,
                        vocab_needed=lambda exp: _token_config(exp).vocab_needed))
 register_task(TaskSpec("code", _build_code, check=_check_code))
+register_task(TaskSpec("route", _build_route, jax_native=True,
+                       vocab_needed=lambda exp: _token_config(exp).vocab_needed))

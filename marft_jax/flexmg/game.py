@@ -102,7 +102,8 @@ def init_game(layout: ObservationLayout, problems: ProblemTable, num_envs: int,
 
 def transition(game: GameState, layout: ObservationLayout, problems: ProblemTable,
                actions: Array, action_lengths: Array, decision_order: tuple[int, ...],
-               score: Array, horizon: int) -> tuple[GameState, Array]:
+               score: Array, horizon: int, acted: Array | None = None,
+               stop: Array | None = None) -> tuple[GameState, Array]:
     """Applies one round's joint action.
 
     Args:
@@ -112,6 +113,9 @@ def transition(game: GameState, layout: ObservationLayout, problems: ProblemTabl
         decision_order: the order agents acted in (history lines follow it).
         score: `[E]` float32 task score of this round.
         horizon: maximum rounds per episode.
+        acted: `[A, E]` bool, agents that acted this round (an orchestrated team); the
+            others leave no line in the history. None = all.
+        stop: `[E]` bool, the orchestrator ended the episode. None = never.
 
     Returns:
         `(next state with finished envs reset, done [E] bool)`.
@@ -119,11 +123,13 @@ def transition(game: GameState, layout: ObservationLayout, problems: ProblemTabl
     size = game.tokens.shape[1]
     correct = score > 0
 
-    def grow(tokens, length, acts, lens, ok):
+    def grow(tokens, length, acts, lens, ok, on):
         over = jnp.zeros((), bool)
         for i in decision_order:
             for seg, seg_len in (_seg(layout.hist_open, i), (acts[i], lens[i]),
                                  _seg(layout.hist_close, 0)):
+                if on is not None:
+                    seg_len = jnp.where(on[i], seg_len, 0)
                 over |= token_ops.overflowed(length, seg_len, size)
                 tokens, length = token_ops.append(tokens, length, seg, seg_len)
         judge, judge_len = _seg(layout.judge, ok.astype(jnp.int32))
@@ -131,10 +137,12 @@ def transition(game: GameState, layout: ObservationLayout, problems: ProblemTabl
         tokens, length = token_ops.append(tokens, length, judge, judge_len)
         return tokens, length, over
 
-    tokens, length, over = jax.vmap(grow, in_axes=(0, 0, 1, 1, 0))(
-        game.tokens, game.length, actions, action_lengths, correct)
+    tokens, length, over = jax.vmap(grow, in_axes=(0, 0, 1, 1, 0, 1))(
+        game.tokens, game.length, actions, action_lengths, correct, acted)
     rounds = game.round + 1
     done = correct | (rounds >= horizon)
+    if stop is not None:
+        done = done | stop
     g = game.group_size
     # A group's episode is over when every member's is (with one-round episodes, always).
     group_done = jnp.all(done.reshape(-1, g), axis=1)  # [E / g]

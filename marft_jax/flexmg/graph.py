@@ -33,6 +33,8 @@ class DependencyGraph:
         adjacency: [agents, agents] bool, read-only; `adjacency[i, j]` is True iff agent i
             depends on agent j (row = the agent that waits, column = the agent it sees).
         source: where D came from (the profile file), named in error messages.
+        dynamic: an orchestrator chooses per round which agents act (D_t); a decision may
+            then be missing from a round, and credit assignment skips it.
         waves: topological levels. Wave 0 holds the agents without dependencies; wave k the
             agents whose dependencies all lie in waves < k and at least one in wave k - 1.
             Agents keep profile order inside a wave.
@@ -44,6 +46,7 @@ class DependencyGraph:
     roles: tuple[str, ...]
     adjacency: np.ndarray
     source: str = "<inline>"
+    dynamic: bool = False
     waves: tuple[tuple[int, ...], ...] = dataclasses.field(init=False)
     wave_of: tuple[int, ...] = dataclasses.field(init=False)
     order: tuple[int, ...] = dataclasses.field(init=False)
@@ -88,6 +91,7 @@ class DependencyGraph:
         roles: Sequence[str],
         dependencies: Sequence[Sequence[int]],
         source: str = "<inline>",
+        dynamic: bool = False,
     ) -> DependencyGraph:
         """Builds D from per-agent lists of the agent indices each agent depends on.
 
@@ -95,6 +99,7 @@ class DependencyGraph:
             roles: agent roles in profile order.
             dependencies: `dependencies[i]` = indices of the agents that agent i depends on.
             source: the profile file, for error messages.
+            dynamic: see the attribute.
 
         Returns:
             The validated graph.
@@ -115,7 +120,7 @@ class DependencyGraph:
                         f"{source}: field 'depends_on' of profile {i} (role {roles[i]!r}) "
                         f"refers to agent {j}, outside 0..{num - 1}")
                 adjacency[i, j] = True
-        return cls(roles=tuple(roles), adjacency=adjacency, source=source)
+        return cls(roles=tuple(roles), adjacency=adjacency, source=source, dynamic=dynamic)
 
     @property
     def num_agents(self) -> int:

@@ -6,6 +6,12 @@ the agent's output is graded); `device` is accepted and ignored. marft_jax adds 
 fields: `depends_on` (roles whose actions this agent sees; left out = every earlier profile,
 the reference chain), `adapter` (LoRA adapter name, default the role; roles may share one),
 and the per-agent generation overrides `max_new_tokens` and `temperature`.
+
+An *orchestrated* team (a dynamic topology, Flex-MG's D_t) has one profile with `calls`:
+the orchestrator. It acts first in every round, and its action selects which of the roles
+in `calls` act this round (and so whom the others see); `default_calls` are called when its
+action names none. Roles not in `calls` act in every round unless the orchestrator says the
+episode is done. See `flexmg/orchestration.py`.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from marft_jax.errors import ConfigError
 from marft_jax.jsonfile import read_json
 from marft_jax.paths import DATA_ENV_VAR, data_root, project_root
 from marft_jax.flexmg.graph import DependencyGraph
+from marft_jax.flexmg.orchestration import validate_orchestration
 
 _FIELDS = ("role", "prompt", "with_answer", "depends_on", "adapter", "max_new_tokens",
-           "temperature")
+           "temperature", "calls", "default_calls")
 _IGNORED_FIELDS = ("device",)  # reference per-agent GPU placement; the mesh decides here
 _REQUIRED_FIELDS = ("role", "prompt")
 
@@ -44,6 +51,9 @@ class AgentProfile:
         adapter: name of the LoRA adapter the agent uses; None at construction = the role.
         max_new_tokens: per-agent generation length; None = the run's default.
         temperature: per-agent sampling temperature (0 = greedy); None = the run's default.
+        calls: roles this agent may call each round; set = the team's orchestrator.
+        default_calls: roles called when the orchestrator's action names none (a subset of
+            `calls`; text teams: the untrained orchestrator rarely writes a call tag).
     """
 
     role: str
@@ -53,12 +63,15 @@ class AgentProfile:
     adapter: str | None = None
     max_new_tokens: int | None = None
     temperature: float | None = None
+    calls: tuple[str, ...] | None = None
+    default_calls: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.adapter is None:
             object.__setattr__(self, "adapter", self.role)
-        if isinstance(self.depends_on, list):
-            object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        for name in ("depends_on", "calls", "default_calls"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +101,41 @@ class Team:
             _validate_profile(profile, _where(self.source, index, profile.role))
         object.__setattr__(self, "profiles", profiles)
         _validate_roles(profiles, self.source)
-        object.__setattr__(self, "graph", DependencyGraph.from_dependencies(
-            self.roles, self.dependencies, self.source))
+        graph = DependencyGraph.from_dependencies(self.roles, self.dependencies, self.source,
+                                                  dynamic=self.orchestrator is not None)
+        validate_orchestration(profiles, graph, self.source)
+        object.__setattr__(self, "graph", graph)
 
     def independent(self) -> Team:
-        """The same agents with no dependencies: each acts on the problem alone (IPPO)."""
+        """The same agents with no dependencies: each acts on the problem alone (IPPO).
+
+        Refused for an orchestrated team (its agents act after the orchestrator by design).
+        """
+        if self.orchestrator is not None:
+            raise ConfigError(f"{self.source}: field 'calls': an orchestrated team cannot "
+                              "be made independent (team.independent)")
         return Team(profiles=tuple(dataclasses.replace(p, depends_on=())
                                    for p in self.profiles), source=self.source)
+
+    @property
+    def orchestrator(self) -> int | None:
+        """Profile index of the orchestrator (the profile with `calls`), or None."""
+        found = [i for i, p in enumerate(self.profiles) if p.calls is not None]
+        return found[0] if found else None
+
+    @property
+    def callable_mask(self) -> tuple[bool, ...]:
+        """Per agent, whether it acts only when the orchestrator calls it."""
+        o = self.orchestrator
+        called = () if o is None else self.profiles[o].calls
+        return tuple(p.role in called for p in self.profiles)
+
+    @property
+    def default_call_mask(self) -> tuple[bool, ...]:
+        """Per agent, whether it is called when the orchestrator's action names no one."""
+        o = self.orchestrator
+        called = () if o is None else (self.profiles[o].default_calls or ())
+        return tuple(p.role in called for p in self.profiles)
 
     @property
     def num_agents(self) -> int:
@@ -235,21 +276,25 @@ def _profile_from_dict(obj: Any, index: int, source: str) -> AgentProfile:
     for key in _REQUIRED_FIELDS:
         if key not in obj:
             raise ConfigError(f"{where}: missing field {key!r}")
-    depends_on = obj.get("depends_on")
-    if depends_on is not None:
-        if not isinstance(depends_on, list):
-            raise ConfigError(
-                f"{where}: field 'depends_on' must be a list of roles, "
-                f"got {_type_name(depends_on)}")
-        depends_on = tuple(depends_on)
+    lists = {}
+    for key in ("depends_on", "calls", "default_calls"):
+        value = obj.get(key)
+        if value is not None:
+            if not isinstance(value, list):
+                raise ConfigError(
+                    f"{where}: field {key!r} must be a list of roles, got {_type_name(value)}")
+            value = tuple(value)
+        lists[key] = value
     return AgentProfile(
         role=obj["role"],
         prompt=obj["prompt"],
         with_answer=obj.get("with_answer", False),
-        depends_on=depends_on,
+        depends_on=lists["depends_on"],
         adapter=obj.get("adapter"),
         max_new_tokens=obj.get("max_new_tokens"),
         temperature=obj.get("temperature"),
+        calls=lists["calls"],
+        default_calls=lists["default_calls"],
     )
 
 
@@ -269,6 +314,15 @@ def _validate_profile(profile: AgentProfile, where: str) -> None:
             or not all(isinstance(role, str) for role in profile.depends_on)):
         raise ConfigError(f"{where}: field 'depends_on' must be a list of role names, "
                           f"got {profile.depends_on!r}")
+    for name in ("calls", "default_calls"):
+        value = getattr(profile, name)
+        if value is not None and (not isinstance(value, tuple)
+                                  or not all(isinstance(role, str) for role in value)):
+            raise ConfigError(f"{where}: field {name!r} must be a list of role names, "
+                              f"got {value!r}")
+    if profile.default_calls is not None and profile.calls is None:
+        raise ConfigError(f"{where}: field 'default_calls' needs field 'calls' (only the "
+                          "orchestrator calls roles)")
     if not isinstance(profile.adapter, str) or not profile.adapter:
         raise ConfigError(f"{where}: field 'adapter' must be a non-empty string, "
                           f"got {profile.adapter!r}")

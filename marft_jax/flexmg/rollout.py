@@ -25,6 +25,7 @@ import numpy as np
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
 from marft_jax.flexmg.layout import ObservationLayout
+from marft_jax.flexmg.orchestration import Router, active_agents
 from marft_jax.flexmg.profiles import Team
 from marft_jax.flexmg.trajectory import Trajectory
 
@@ -85,6 +86,26 @@ def place_rewards(correct: Array, answer_mask: np.ndarray, last_agent: int,
     return score, _PLACE_REWARDS[placement](correct, answer, score, last_agent)
 
 
+def place_rewards_acted(correct: Array, answer_mask: np.ndarray, order: tuple[int, ...],
+                        placement: str, acted: Array) -> tuple[Array, Array]:
+    """`place_rewards` for a round in which only the agents in `acted` `[A, E]` acted
+    (an orchestrated team): the score averages the answering agents that acted, "last"
+    means the last decision made in the round, and agents that did not act get 0."""
+    acted = acted.astype(jnp.float32)
+    answer = jnp.asarray(answer_mask, jnp.float32)[:, None] * acted  # [A, E]
+    score = jnp.sum(correct * answer, axis=0) / jnp.maximum(jnp.sum(answer, axis=0), 1.0)
+    if placement == "last":
+        last = jnp.full(score.shape, order[0], jnp.int32)
+        for agent in order:
+            last = jnp.where(acted[agent] > 0, agent, last)
+        rewards = (jnp.arange(correct.shape[0])[:, None] == last[None, :]) * score
+    elif placement == "team":
+        rewards = acted * score
+    else:
+        rewards = correct * answer
+    return score, rewards.astype(jnp.float32)
+
+
 def host_reward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
                 num_agents: int) -> Callable[[Array, Array, Array], Array]:
     """Wraps a NumPy reward `(problem_ids, actions, lengths) -> [A, E]` for use under jit."""
@@ -105,7 +126,8 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                  generate_fn: Callable[..., Any], reward_fn: Callable[..., Array],
                  config: RolloutConfig, *, max_new_tokens: int | None = None,
                  temperature: float = 0.5,
-                 topology_fn: Callable[[GameState], Array] | None = None):
+                 topology_fn: Callable[[GameState], Array] | None = None,
+                 router: Router | None = None):
     """Builds `rollout(params, game, key) -> (game, Trajectory)`; pure and jittable.
 
     Args:
@@ -118,7 +140,14 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
         temperature: default sampling temperature (per-agent overrides from the profiles).
         topology_fn: optional `game -> [E, A, A]` bool mask switching dependency edges off
             per env for this round (dynamic topologies); ANDed with the static graph.
+        router: for an orchestrated team (`team.orchestrator`), reads the orchestrator's
+            action after the first wave and chooses who acts this round and whether the
+            episode ends (`flexmg.orchestration`); agents that do not act get an empty
+            action (all-False action mask), are seen by no one and leave no history line.
     """
+    if (router is None) != (team.orchestrator is None):
+        raise ConfigError(f"{team.source}: an orchestrated team needs a router and only "
+                          "an orchestrated team takes one")
     graph = team.graph
     num_agents, k = team.num_agents, config.action_tokens
     order = tuple(graph.order)
@@ -144,6 +173,7 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
         obs = jnp.zeros((num_agents, e, config.obs_tokens), jnp.int32)
         obs_mask = jnp.zeros((num_agents, e, config.obs_tokens), bool)
         overflow = game.overflow
+        active = stop = None  # [E, A], [E]: set by the router after the orchestrator's wave
         for w, wave in enumerate(graph.waves):
             wave = tuple(wave)
             parts = [observe(game, layout, i, actions, lengths, visible[:, i], order,
@@ -159,17 +189,36 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                               jax.random.fold_in(key, w))
             idx = jnp.asarray(wave)
             shape = (len(wave), e, k)
-            actions = actions.at[idx].set(gen.tokens.reshape(shape))
-            action_mask = action_mask.at[idx].set(gen.mask.reshape(shape))
-            lengths = lengths.at[idx].set(jnp.sum(gen.mask, -1).reshape(len(wave), e))
-            blp = blp.at[idx].set(gen.logprobs.reshape(shape))
-            plp = plp.at[idx].set(gen.policy_logprobs.reshape(shape))
+            gen_tokens, gen_mask = gen.tokens.reshape(shape), gen.mask.reshape(shape)
+            gen_blp, gen_plp = gen.logprobs.reshape(shape), gen.policy_logprobs.reshape(shape)
+            if active is not None:  # agents not called: no action, no decision
+                on = active.T[idx][..., None]  # [W, E, 1]
+                gen_tokens = jnp.where(on, gen_tokens, config.pad_id)
+                gen_mask = gen_mask & on
+                gen_blp, gen_plp = jnp.where(on, gen_blp, 0.0), jnp.where(on, gen_plp, 0.0)
+            actions = actions.at[idx].set(gen_tokens)
+            action_mask = action_mask.at[idx].set(gen_mask)
+            lengths = lengths.at[idx].set(jnp.sum(gen_mask, -1).reshape(len(wave), e))
+            blp = blp.at[idx].set(gen_blp)
+            plp = plp.at[idx].set(gen_plp)
             obs = obs.at[idx].set(wave_obs)
             obs_mask = obs_mask.at[idx].set(wave_mask)
+            if router is not None and w == 0:  # the orchestrator acts alone in wave 0
+                calls, stop = router(actions, lengths)
+                active = active_agents(team, calls, stop)  # [E, A]
+                visible = visible & active[:, None, :]
         correct = reward_fn(game.problem_id, actions, lengths)  # [A, E]
-        score, rewards = place_rewards(correct, answer_mask, order[-1], config.reward_placement)
+        if active is None:
+            score, rewards = place_rewards(correct, answer_mask, order[-1],
+                                           config.reward_placement)
+            acted = None
+        else:
+            acted = active.T  # [A, E]
+            score, rewards = place_rewards_acted(correct, answer_mask, order,
+                                                 config.reward_placement, acted)
         next_game, done = transition(game.replace(overflow=overflow), layout, problems,
-                                     actions, lengths, order, score, config.horizon)
+                                     actions, lengths, order, score, config.horizon,
+                                     acted=acted, stop=stop)
         out = (obs, obs_mask, actions, action_mask, blp, plp, rewards, done, score)
         return next_game, out
 

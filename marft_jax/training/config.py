@@ -210,6 +210,10 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         _fail("team.profiles", f"{team.source}: no agent has \"with_answer\": true, so "
                                "every reward would be 0; mark the agent whose answer is graded")
     if c.team.get("independent", False):
+        if team.orchestrator is not None:
+            _fail("team.independent", f"{team.source} is an orchestrated team (profile "
+                                      f"{team.orchestrator} has 'calls'); its agents act "
+                                      "after the orchestrator by design")
         team = team.independent()
     num_adapters = c.lora.num_adapters
     if num_adapters == ADAPTERS_FROM_TEAM:

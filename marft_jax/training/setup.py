@@ -14,6 +14,7 @@ from marft_jax.envs.registry import TaskSplit, get_task
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import ProblemTable
 from marft_jax.flexmg.layout import ObservationLayout, observation_capacity, state_capacity
+from marft_jax.flexmg.orchestration import host_router
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from marft_jax.models.config import ModelConfig
 from marft_jax.models.functional import init_model
@@ -40,6 +41,7 @@ class RunSetup:
     rollout_config: RolloutConfig
     state_size: int
     base_source: str
+    router: Any = None  # orchestrated teams: `flexmg.orchestration.Router`, else None
 
 
 def _model(exp: Experiment, vocab_needed: int):
@@ -113,10 +115,13 @@ def build_setup(exp: Experiment) -> RunSetup:
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,
                             pad_token_id=pad)
+    router = None
+    if team.orchestrator is not None:  # the task's own router, else the host-parsed text
+        router = task.router or host_router(team, tokenizer)
     return RunSetup(exp=exp, model_config=cfg, graphdef=graphdef, base=base, lora=lora,
                     tokenizer=tokenizer, layout=layout, train=train, heldout=heldout,
                     sampler=sampler, rollout_config=rollout_config, state_size=state_size,
-                    base_source=source)
+                    base_source=source, router=router)
 
 
 def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
@@ -156,7 +161,7 @@ def make_team_rollout(setup: RunSetup, split: TaskSplit, config: RolloutConfig,
     return make_rollout(setup.exp.team, setup.layout, split.table,
                         make_generate_fn(setup, sampler, plan), reward_fn, config,
                         max_new_tokens=setup.exp.sampling.max_new_tokens,
-                        temperature=temperature)
+                        temperature=temperature, router=setup.router)
 
 
 def word_counts(setup: RunSetup, traj) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from marft_jax.errors import ConfigError
+from marft_jax.models.remat import REMAT_POLICIES
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, UNIT, Rule)
 
@@ -115,6 +116,11 @@ class PPOConfig:
         ippo_own_weight: IPPO reward = w · own + (1 − w) · team mean.
         recompute_old_logprobs: recompute PPO's old log-probs with the full forward at the
             start of the update instead of using `Trajectory.policy_logprobs`.
+        remat: rematerialisation of the decoder layers in the update's differentiated
+            forward (`models.remat.REMAT_POLICIES`): "none", "layers" (keep only each
+            layer's input; recompute the rest in the backward pass) or a
+            `jax.checkpoint_policies` name. Same results up to float rounding; less memory
+            for about one more forward pass.
         skip_no_signal: skip an adapter's policy step when none of its decisions in the
             minibatch has a nonzero advantage (after normalisation), counted as
             `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
@@ -156,6 +162,7 @@ class PPOConfig:
     ippo_own_weight: float = 0.5
     recompute_old_logprobs: bool = False
     skip_no_signal: bool = True
+    remat: str = "none"
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -172,7 +179,8 @@ class PPOConfig:
                               f"integers, got {hidden!r}")
         object.__setattr__(self, "critic_hidden", tuple(hidden))
         choices = (("logprob_norm", LOGPROB_NORMS), ("critic_trunk", CRITIC_TRUNKS),
-                   ("critic_heads", CRITIC_HEADS), ("advantage_norm", ADVANTAGE_NORMS))
+                   ("critic_heads", CRITIC_HEADS), ("advantage_norm", ADVANTAGE_NORMS),
+                   ("remat", tuple(REMAT_POLICIES)))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ppo config: field {name!r} is {getattr(self, name)!r}; "

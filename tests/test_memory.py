@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from marft_jax.algorithms import batch as batch_lib
-from marft_jax.algorithms import losses
+from marft_jax.algorithms import losses, memory
 from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.config import PPOConfig
 from marft_jax.algorithms.state import create_train_state
-from marft_jax.algorithms.update import objective
+from marft_jax.algorithms.update import make_update, objective
 from marft_jax.errors import ConfigError
 from marft_jax.models import functional as F
 from marft_jax.models.config import LoraConfig
@@ -64,3 +64,72 @@ def test_remat_forward_equals_the_layer_loop(model):
 def test_an_unknown_remat_policy_is_refused_naming_the_field():
     with pytest.raises(ConfigError, match="'remat'"):
         PPOConfig(remat="everything")
+
+
+# ------------------------------------------------------- micro-batches from a memory budget
+
+def test_the_budget_chooses_the_fewest_micro_batches_that_fit():
+    cfg = tiny_config()
+    fit = lambda envs: memory.peak_bytes(cfg, 2 * envs, 24, 8, "none")
+    choose = lambda budget, remat="none": memory.choose_grad_accum_steps(
+        cfg, rows_per_env=2, tokens=24, action_tokens=8, envs_per_minibatch=8, remat=remat,
+        budget=budget)
+    assert choose(fit(8)) == 1
+    assert choose(fit(8) - 1) == 2
+    assert choose(fit(2)) == 4
+    assert choose(fit(1)) == 8
+    with pytest.raises(ConfigError, match="train.memory_budget_gb"):
+        choose(fit(1) - 1)
+    # the estimate grows with rows and tokens, and remat needs less for a deep model
+    deep = tiny_config(num_layers=24)
+    assert memory.activation_bytes(deep, 16, 256, 64, "layers") < \
+        memory.activation_bytes(deep, 16, 256, 64, "none")
+    assert memory.activation_bytes(cfg, 4, 24, 8, "none") < \
+        memory.activation_bytes(cfg, 8, 24, 8, "none") < \
+        memory.activation_bytes(cfg, 8, 48, 8, "none")
+
+
+def test_budgeted_micro_batches_give_the_update_of_one_batch(model):
+    """The update with the micro-batch count a budget chooses equals the one-batch update
+    (losses, gradient norms, new adapters and critic) within float tolerance."""
+    graphdef, base, lora = model
+    traj = make_trajectory(8, rounds=1, agents=2, envs=8, obs_len=6, act_len=3,
+                           target_share=0.5)
+    cfg = tiny_config()
+    budget = memory.peak_bytes(cfg, 2 * 2, 9, 3, "layers")  # 2 envs per micro-batch
+    steps = memory.choose_grad_accum_steps(cfg, 2, 9, 3, 8, "layers", budget)
+    assert steps == 4
+    results = []
+    for accum, remat in ((1, "none"), (steps, "layers")):
+        config = PPOConfig(algorithm="marft_a", epochs=1, num_minibatches=1,
+                           grad_accum_steps=accum, remat=remat, critic_hidden=(8,),
+                           lr_actor=1e-3, lr_critic=1e-3, advantage_norm="batch")
+        state = create_train_state(config, lora, jax.random.key(0), 64, 2)
+        results.append(make_update(graphdef, config)(state, base, traj, jax.random.key(1)))
+    (one, m1), (micro, m2) = results
+    for name in ("policy_loss", "value_loss", "grad_norm", "critic_grad_norm", "entropy"):
+        np.testing.assert_allclose(m1[name], m2[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert float(jnp.max(m1["grad_norm"])) > 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 (one.lora, one.critic), (micro.lora, micro.critic))
+
+
+def test_setup_resolves_grad_accum_zero_from_the_budget():
+    import importlib
+
+    from marft_jax.training.config import finalize
+    from marft_jax.training.setup import build_setup
+
+    c = importlib.import_module("configs.tiny_cpu").get_config()
+    c.ppo.grad_accum_steps = 0
+    c.train.memory_budget_gb = 1000.0
+    setup = build_setup(finalize(c))
+    assert setup.exp.ppo.grad_accum_steps == 1
+    c.train.memory_budget_gb = 1e-3  # less than the runtime itself
+    with pytest.raises(ConfigError, match="train.memory_budget_gb"):
+        build_setup(finalize(c))
+    c.train.memory_budget_gb = -1.0
+    with pytest.raises(ConfigError, match="train.memory_budget_gb"):
+        finalize(c)
+    with pytest.raises(ConfigError, match="grad_accum_steps=0"):
+        make_update(None, PPOConfig(grad_accum_steps=0))

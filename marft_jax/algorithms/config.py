@@ -57,7 +57,8 @@ PPO_RULES: dict[str, Rule] = {
     "huber_delta": Rule(low=0.0, low_open=True, optional=True), "gamma": UNIT, "lam": UNIT,
     "token_gamma": Rule(low=0.0, high=1.0, optional=True), "lr_actor": POSITIVE,
     "lr_critic": POSITIVE, "adam_eps": POSITIVE, "weight_decay": NON_NEGATIVE,
-    "epochs": POSITIVE_INT, "num_minibatches": POSITIVE_INT, "grad_accum_steps": POSITIVE_INT,
+    "epochs": POSITIVE_INT, "num_minibatches": POSITIVE_INT,
+    "grad_accum_steps": NON_NEGATIVE_INT,
     "max_grad_norm": POSITIVE, "critic_max_grad_norm": POSITIVE,
     "critic_warmup_samples": NON_NEGATIVE_INT, "agent_iteration_interval": NON_NEGATIVE_INT,
     "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
@@ -91,7 +92,9 @@ class PPOConfig:
         epochs: passes over the trajectory per update.
         num_minibatches: minibatches per epoch, split over the environment axis (the
             remainder of E is dropped, as in the reference).
-        grad_accum_steps: micro-batches per minibatch (gradient accumulation).
+        grad_accum_steps: micro-batches per minibatch (gradient accumulation); 0 = the
+            fewest that fit `train.memory_budget_gb` (`algorithms.memory`, resolved by
+            `training.setup.build_setup` before the update is built).
         max_grad_norm: per-adapter gradient-norm clip.
         critic_max_grad_norm: gradient-norm clip of the value head.
         critic_warmup_samples: env samples (rounds × envs) during which only the critic

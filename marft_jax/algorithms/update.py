@@ -181,6 +181,9 @@ def make_update(graphdef, config: PPOConfig,
         value_loss, critic_grad_norm, critic_steps, critic_skipped_nonfinite, warmup,
         advantage/return/value statistics; `[A]` scheduled (the rotation mask).
     """
+    if config.grad_accum_steps == 0:
+        raise ConfigError("ppo config: grad_accum_steps=0 (from the memory budget) must be "
+                          "resolved before the update is built (training.setup.build_setup)")
     spec = config.spec
     constrain = constrain_batch or (lambda tree: tree)
     actor_tx = optim.actor_optimizer(config)

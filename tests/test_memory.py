@@ -133,3 +133,28 @@ def test_setup_resolves_grad_accum_zero_from_the_budget():
         finalize(c)
     with pytest.raises(ConfigError, match="grad_accum_steps=0"):
         make_update(None, PPOConfig(grad_accum_steps=0))
+
+
+def test_counted_forward_flops_match_xla_cost_analysis():
+    """The matmul count of the decoder and head is XLA's count (which adds the elementwise
+    work) to within a few percent."""
+    from marft_jax.models import flops
+
+    cfg = tiny_config(hidden_size=128, intermediate_size=256, head_dim=32)
+    lora_cfg = LoraConfig(num_adapters=2, rank=4, alpha=8.0)
+    graphdef, base, lora = F.init_model(cfg, lora_cfg)
+    rows, tokens, k = 6, 40, 8
+
+    def logits(base, lora, tokens_, mask, ids):
+        hidden, _ = F.forward(graphdef, base, lora, tokens_, F.positions_from_mask(mask), ids,
+                              mask)
+        return F.lm_logits(graphdef, base, lora, hidden[:, -k:])
+
+    compiled = jax.jit(logits).lower(base, lora, jnp.zeros((rows, tokens), jnp.int32),
+                                     jnp.ones((rows, tokens), bool),
+                                     jnp.zeros((rows,), jnp.int32)).compile()
+    xla = compiled.cost_analysis()["flops"]
+    counted = (flops.layers_forward_flops(cfg, lora_cfg, rows, tokens)
+               + flops.head_flops(cfg, rows * k))
+    assert 0.95 * xla <= counted <= xla
+    assert flops.layers_forward_flops(cfg, lora_cfg, rows, tokens, backward=True) > counted

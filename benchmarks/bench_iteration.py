@@ -1,17 +1,31 @@
 """Times one training iteration's phases (rollout, prepare, update) after compilation.
 
   python benchmarks/bench_iteration.py --config=configs/default.py --repeats=3
-  python benchmarks/bench_iteration.py --config=configs/default.py \
-      --update_variant=critic_trunk=base --update_variant=critic_trunk=shared
+  python benchmarks/bench_iteration.py --preset=reference --repeats=3
+  python benchmarks/bench_iteration.py --preset=reference \
+      --update_variant=remat=layers --update_variant=remat=layers,grad_accum_steps=2
 
 Runs the training iteration itself (`marft_jax.training.iteration.make_iteration`, as
 `experiments/train.py` does) and prints the median seconds of its phases (rollout, prepare:
-the padding trim, update) and the tokens processed, so the CPU main job can be sized. With
-`--update_variant` (PPO fields, `name=value`), each variant's update phase runs on the same
-trajectories, alternating within every repeat, so their times are side by side. Figures
-go to BUILD_NOTES.md with the machine and date.
+the padding trim, update), tokens per second of the rollout and the update, the update's
+MFU (its matmul FLOPs counted from the shapes, `models.flops`, over the float32 matmul
+peak measured in the same run), the process's peak RSS (`getrusage`: ru_maxrss, which
+includes compilation), the memory estimate the budget uses (`algorithms.memory`) and
+episodes per CPU-minute (finished episodes over the process's user + system CPU time of
+the timed iterations). With `--update_variant` (PPO fields, `name=value[,name=value]`),
+each variant's update phase runs on the same trajectories, alternating within every
+repeat, so their times are side by side (peak RSS is then the largest of them all: measure
+a setting's own peak in a run of its own).
+
+`--preset=reference` sets the published reference's settings on the config (dual team,
+8 envs, 64 new tokens at temperature 0.5, one epoch of one minibatch, the base-model critic
+trunk, float32); other fields still come from the config file and `--config.*` flags that
+the preset does not set. Figures go to BUILD_NOTES.md with the machine and date.
 """
 
+import dataclasses
+import os
+import resource
 import time
 
 from marft_jax.training.entry import put_project_on_path
@@ -23,18 +37,73 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm-up).")
-_VARIANTS = flags.DEFINE_multi_string("update_variant", [], "PPO field=value: time an update "
-                                      "with this change too (side by side).")
+_VARIANTS = flags.DEFINE_multi_string("update_variant", [], "PPO fields name=value[,...]: "
+                                      "time an update with these changes too (side by side).")
+_PRESET = flags.DEFINE_enum("preset", "", ["", "reference"], "Settings to apply on the config.")
+
+# The published reference's own settings (REFERENCE.md): the issue-19 benchmark.
+PRESETS = {"reference": {
+    "team.profiles": "math_dual", "rollout.num_envs": 8, "sampling.max_new_tokens": 64,
+    "sampling.temperature": 0.5, "ppo.epochs": 1, "ppo.num_minibatches": 1,
+    "ppo.critic_trunk": "base", "model.dtype": "float32"}}
+
+
+def _apply_preset(config, name):
+    for field, value in PRESETS.get(name, {}).items():
+        section, key = field.split(".")
+        config[section][key] = value
+    return config
 
 
 def _variant(ppo, item):
     import json
 
-    name, _, value = item.partition("=")
-    old = getattr(ppo, name)
-    if not isinstance(old, str):
-        value = type(old)(json.loads(value))
-    return ppo.replace(**{name: value})
+    changes = {}
+    for part in item.split(","):
+        name, _, value = part.partition("=")
+        old = getattr(ppo, name)
+        changes[name] = value if isinstance(old, str) else type(old)(json.loads(value))
+    return ppo.replace(**changes)
+
+
+def _matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Float32 matmul FLOP/s, the best of `repeats` timed products (after a warm-up)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    product = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(product(x, x))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(product(x, x))
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def _update_flops(setup, ppo, traj) -> int:
+    """Model FLOPs of one update on `traj` (no rematerialisation counted): the batch
+    preparation's forward passes and, per epoch, forward and backward of every row."""
+    from marft_jax.models import flops
+
+    model, lora = setup.model_config, setup.exp.lora
+    r, a, e, o = traj.obs_tokens.shape
+    k = traj.action_tokens.shape[-1]
+    rows, width = r * a * e, o + k
+    prepare = flops.layers_forward_flops(model, lora, e, o)  # the bootstrap observation
+    if ppo.spec.uses_critic and (ppo.critic_trunk == "base" or not ppo.recompute_old_logprobs):
+        prepare += flops.layers_forward_flops(model, lora, rows, width)  # critic features
+    if ppo.recompute_old_logprobs:
+        prepare += flops.layers_forward_flops(model, lora, rows, width) \
+            + flops.head_flops(model, rows * k)
+    if ppo.kl_coef > 0:
+        prepare += flops.layers_forward_flops(model, lora, rows, width) \
+            + flops.head_flops(model, rows * k)
+    epoch = (flops.layers_forward_flops(model, lora, rows, width)
+             + flops.layers_forward_flops(model, lora, rows, width, backward=True)
+             + 2 * flops.head_flops(model, rows * k))
+    return prepare + ppo.epochs * epoch
 
 
 def main(argv):
@@ -42,22 +111,31 @@ def main(argv):
     import jax
     import numpy as np
 
+    from marft_jax.algorithms import memory
     from marft_jax.training.config import finalize
     from marft_jax.training.iteration import make_iteration
     from marft_jax.training.loop import initial_state
-    from marft_jax.training.setup import build_setup
+    from marft_jax.training.setup import build_setup, with_micro_batches
 
-    exp = finalize(_CONFIG.value)
+    exp = finalize(_apply_preset(_CONFIG.value, _PRESET.value))
     setup = build_setup(exp)
+    exp = setup.exp  # grad_accum_steps resolved
     state, game = initial_state(setup)
     root = jax.random.key(exp.seed)
-    variants = {"config": exp.ppo} | {v: _variant(exp.ppo, v) for v in _VARIANTS.value}
+    variants = {"config": exp.ppo}
+    for item in _VARIANTS.value:
+        changed = with_micro_batches(dataclasses.replace(exp, ppo=_variant(exp.ppo, item)),
+                                     setup.model_config, setup.rollout_config)
+        variants[item] = changed.ppo
     iterations = {name: make_iteration(setup, ppo=ppo) for name, ppo in variants.items()}
     states = dict.fromkeys(iterations, state)
     times = {"rollout": [], "prepare": []} | {f"update[{name}]": [] for name in iterations}
+    episodes, cpu_seconds = 0.0, 0.0
     for i in range(_REPEATS.value + 1):
         # The training iteration itself (rollout, trim, update), timed phase by phase.
+        cpu0 = os.times()
         out = iterations["config"](setup.base, states["config"], game, root, i, timed=True)
+        cpu1 = os.times()
         game, traj, states["config"] = out.game, out.traj, out.state
         elapsed = {"rollout": out.seconds["rollout"], "prepare": out.seconds["prepare"],
                    "update[config]": out.seconds["update"]}
@@ -74,18 +152,39 @@ def main(argv):
         if i:
             for part, seconds in elapsed.items():
                 times[part].append(seconds)
+            episodes += float(np.sum(np.asarray(traj.dones)))
+            cpu_seconds += (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
         else:
             print("first call (compile + run): "
                   + ", ".join(f"{part} {seconds:.1f}s" for part, seconds in elapsed.items()))
+    peak_flops = _matmul_peak()
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     gen_tokens = int(np.sum(np.asarray(traj.action_mask)))
-    update_tokens = int(np.prod(traj.obs_tokens.shape[:3])) * (
-        traj.obs_tokens.shape[-1] + traj.action_tokens.shape[-1])
-    print(f"obs width {setup.rollout_config.obs_tokens} (trimmed {traj.obs_tokens.shape[-1]}), "
-          f"action width {traj.action_tokens.shape[-1]}, generated tokens {gen_tokens}, "
-          f"update tokens/epoch {update_tokens}")
+    r, a, e, o = traj.obs_tokens.shape
+    k = traj.action_tokens.shape[-1]
+    update_tokens = r * a * e * (o + k)
+    print(f"preset {_PRESET.value or '-'}; obs width {setup.rollout_config.obs_tokens} "
+          f"(trimmed {o}), action width {k}, generated tokens {gen_tokens}, update "
+          f"tokens/epoch {update_tokens}")
+    medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
-        print(f"{name}: median {np.median(values):.2f}s over {len(values)} "
+        print(f"{name}: median {medians[name]:.2f}s over {len(values)} "
               f"({', '.join(f'{v:.2f}' for v in values)})")
+    print(f"rollout: {gen_tokens / medians['rollout']:.1f} generated tokens/s")
+    print(f"matmul peak (float32, measured now): {peak_flops / 1e9:.1f} GFLOP/s")
+    for name, ppo in variants.items():
+        seconds = medians[f"update[{name}]"]
+        flops = _update_flops(setup, ppo, traj)
+        estimate = memory.peak_bytes(setup.model_config, r * a * (e // ppo.num_minibatches
+                                                                  // ppo.grad_accum_steps),
+                                     setup.rollout_config.obs_tokens + k, k, ppo.remat)
+        print(f"update[{name}]: remat={ppo.remat} grad_accum_steps={ppo.grad_accum_steps}: "
+              f"{ppo.epochs * update_tokens / seconds:.1f} tokens/s, "
+              f"{flops / 1e9:.1f} GFLOP counted, MFU {flops / seconds / peak_flops:.1%}, "
+              f"estimated peak {estimate / 1e9:.2f} GB")
+    print(f"episodes per CPU-minute: {episodes / (cpu_seconds / 60):.2f} ({episodes:.0f} "
+          f"episodes, {cpu_seconds:.1f} CPU-s in {_REPEATS.value} iterations)")
+    print(f"peak RSS (ru_maxrss): {peak_rss_gb:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from marft_jax.errors import ConfigError
+from marft_jax.models.remat import REMAT_POLICIES
 from marft_jax.validation import (FLAG, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE,
                                   POSITIVE_INT, UNIT, Rule)
 
@@ -56,7 +57,8 @@ PPO_RULES: dict[str, Rule] = {
     "huber_delta": Rule(low=0.0, low_open=True, optional=True), "gamma": UNIT, "lam": UNIT,
     "token_gamma": Rule(low=0.0, high=1.0, optional=True), "lr_actor": POSITIVE,
     "lr_critic": POSITIVE, "adam_eps": POSITIVE, "weight_decay": NON_NEGATIVE,
-    "epochs": POSITIVE_INT, "num_minibatches": POSITIVE_INT, "grad_accum_steps": POSITIVE_INT,
+    "epochs": POSITIVE_INT, "num_minibatches": POSITIVE_INT,
+    "grad_accum_steps": NON_NEGATIVE_INT,
     "max_grad_norm": POSITIVE, "critic_max_grad_norm": POSITIVE,
     "critic_warmup_samples": NON_NEGATIVE_INT, "agent_iteration_interval": NON_NEGATIVE_INT,
     "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
@@ -90,7 +92,9 @@ class PPOConfig:
         epochs: passes over the trajectory per update.
         num_minibatches: minibatches per epoch, split over the environment axis (the
             remainder of E is dropped, as in the reference).
-        grad_accum_steps: micro-batches per minibatch (gradient accumulation).
+        grad_accum_steps: micro-batches per minibatch (gradient accumulation); 0 = the
+            fewest that fit `train.memory_budget_gb` (`algorithms.memory`, resolved by
+            `training.setup.build_setup` before the update is built).
         max_grad_norm: per-adapter gradient-norm clip.
         critic_max_grad_norm: gradient-norm clip of the value head.
         critic_warmup_samples: env samples (rounds × envs) during which only the critic
@@ -115,6 +119,11 @@ class PPOConfig:
         ippo_own_weight: IPPO reward = w · own + (1 − w) · team mean.
         recompute_old_logprobs: recompute PPO's old log-probs with the full forward at the
             start of the update instead of using `Trajectory.policy_logprobs`.
+        remat: rematerialisation of the decoder layers in the update's differentiated
+            forward (`models.remat.REMAT_POLICIES`): "none", "layers" (keep only each
+            layer's input; recompute the rest in the backward pass) or a
+            `jax.checkpoint_policies` name. Same results up to float rounding; less memory
+            for about one more forward pass.
         skip_no_signal: skip an adapter's policy step when none of its decisions in the
             minibatch has a nonzero advantage (after normalisation), counted as
             `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
@@ -156,6 +165,7 @@ class PPOConfig:
     ippo_own_weight: float = 0.5
     recompute_old_logprobs: bool = False
     skip_no_signal: bool = True
+    remat: str = "none"
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -172,7 +182,8 @@ class PPOConfig:
                               f"integers, got {hidden!r}")
         object.__setattr__(self, "critic_hidden", tuple(hidden))
         choices = (("logprob_norm", LOGPROB_NORMS), ("critic_trunk", CRITIC_TRUNKS),
-                   ("critic_heads", CRITIC_HEADS), ("advantage_norm", ADVANTAGE_NORMS))
+                   ("critic_heads", CRITIC_HEADS), ("advantage_norm", ADVANTAGE_NORMS),
+                   ("remat", tuple(REMAT_POLICIES)))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ppo config: field {name!r} is {getattr(self, name)!r}; "

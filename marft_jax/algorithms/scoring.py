@@ -70,16 +70,17 @@ def _row_adapter_ids(adapter_ids: Array | int, r: int, a: int, e: int) -> Array:
     return to_rows(jnp.broadcast_to(ids, (r, a, e)))
 
 
-def _hidden(graphdef, base, lora, tokens: Array, mask: Array, adapter_ids: Array) -> Array:
+def _hidden(graphdef, base, lora, tokens: Array, mask: Array, adapter_ids: Array,
+            remat: str = "none") -> Array:
     """Forward of `[rows, T]` tokens -> post-norm hidden `[rows, T, H]`."""
     hidden, _ = F.forward(graphdef, base, lora, tokens, F.positions_from_mask(mask),
-                          adapter_ids, mask)
+                          adapter_ids, mask, remat=remat)
     return hidden
 
 
 def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                   action_tokens: Array, action_mask: Array, adapter_ids: Array, *,
-                  num_value_positions: int | None) -> Scores:
+                  num_value_positions: int | None, remat: str = "none") -> Scores:
     """Log-probs, entropies and critic features of actions, one forward pass.
 
     Args:
@@ -91,6 +92,8 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
         adapter_ids: `[A]` int32 adapter of each agent, or a scalar for every row
             (< 0 = adapters off, the base policy).
         num_value_positions: 1 or K to return critic features, None for none.
+        remat: rematerialisation of the decoder layers when differentiated
+            (`models.remat.REMAT_POLICIES`; the update's `ppo.remat`).
 
     Returns:
         `Scores` with `[R, A, E, ...]` leading axes.
@@ -100,8 +103,8 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     k = action_tokens.shape[-1]
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
     ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden = _hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask),
-                     ids)  # [rows, O + K, H]
+    hidden = _hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
+                     remat)  # [rows, O + K, H]
     before_action = jax.lax.slice_in_dim(hidden, o - 1, o - 1 + k, axis=1)  # [rows, K, H]
     logits = F.lm_logits(graphdef, base, lora, before_action)  # [rows, K, V] float32
     logp_all = jax.nn.log_softmax(logits, axis=-1)

@@ -129,7 +129,8 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
     p = batch_lib.value_positions(config, micro.action_tokens.shape[-1])
     scores = scoring.score_actions(
         graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
-        micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None)
+        micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
+        remat=config.remat)
     terms = losses.POLICY_LOSSES[spec.policy_loss](
         scores.token_logprobs, micro.old_logprobs, micro.action_mask, micro.advantages,
         scores.entropy, config.clip_eps, config.logprob_norm, micro.word_counts,
@@ -180,6 +181,9 @@ def make_update(graphdef, config: PPOConfig,
         value_loss, critic_grad_norm, critic_steps, critic_skipped_nonfinite, warmup,
         advantage/return/value statistics; `[A]` scheduled (the rotation mask).
     """
+    if config.grad_accum_steps == 0:
+        raise ConfigError("ppo config: grad_accum_steps=0 (from the memory budget) must be "
+                          "resolved before the update is built (training.setup.build_setup)")
     spec = config.spec
     constrain = constrain_batch or (lambda tree: tree)
     actor_tx = optim.actor_optimizer(config)

@@ -13,6 +13,7 @@ from flax import nnx, struct
 
 from marft_jax.models.config import LoraConfig, ModelConfig
 from marft_jax.models.layers import LoRALinear, RMSNorm, apply_rope, rope_inverse_frequencies
+from marft_jax.models.remat import scan_layers
 
 Array = jax.Array
 
@@ -189,7 +190,8 @@ class Decoder(nnx.Module):
                 rngs.params(), (config.hidden_size, config.vocab_size), config.jnp_dtype))
 
     def __call__(self, tokens: Array, positions: Array, adapter_ids: Array, kv_valid: Array,
-                 cache: KVCache | None = None, write_index: Array | int = 0):
+                 cache: KVCache | None = None, write_index: Array | int = 0,
+                 remat: str = "none"):
         """Runs the decoder.
 
         Args:
@@ -199,6 +201,9 @@ class Decoder(nnx.Module):
             kv_valid: `[batch, slots]` bool, key slots holding real tokens after this call.
             cache: optional KVCache with `slots` entries per row.
             write_index: slot of `tokens[:, 0]` in the cache (0 without a cache).
+            remat: a `models.remat.REMAT_POLICIES` name: the layers run as a
+                rematerialised `lax.scan` (`models.remat.scan_layers`; for differentiated
+                passes without a cache); "none" = the plain layer loop.
 
         Returns:
             `(hidden [batch, tokens, hidden] post-norm, new cache or None)`.
@@ -208,7 +213,11 @@ class Decoder(nnx.Module):
         write_index = jnp.asarray(write_index, jnp.int32)
         x = self.embed_tokens[...][tokens]  # [batch, tokens, hidden]
         new_keys, new_values = [], []
-        for i, layer in enumerate(self.layers):
+        scanned = remat != "none" and cache is None
+        if scanned:
+            x = scan_layers(list(self.layers), x, (positions, adapter_ids, kv_valid,
+                                                   write_index), remat)
+        for i, layer in enumerate(() if scanned else self.layers):
             kv = (cache.keys[i], cache.values[i]) if cache is not None else None
             x, new_kv = layer(x, positions, adapter_ids, kv_valid, write_index, kv)
             if new_kv is not None:

@@ -65,13 +65,14 @@ def positions_from_mask(mask: Array) -> Array:
 
 def forward(graphdef, base: nnx.State, lora: nnx.State, tokens: Array, positions: Array,
             adapter_ids: Array, kv_valid: Array, cache: KVCache | None = None,
-            write_index: Array | int = 0) -> tuple[Array, KVCache | None]:
+            write_index: Array | int = 0, remat: str = "none"
+            ) -> tuple[Array, KVCache | None]:
     """Decoder forward; returns `(hidden [batch, tokens, hidden], new cache)`.
 
-    See `Decoder.__call__` for the arguments.
+    See `Decoder.__call__` for the arguments (`remat`: `models.remat.REMAT_POLICIES`).
     """
     model = merge_model(graphdef, base, lora)
-    return model(tokens, positions, adapter_ids, kv_valid, cache, write_index)
+    return model(tokens, positions, adapter_ids, kv_valid, cache, write_index, remat)
 
 
 def lm_logits(graphdef, base: nnx.State, lora: nnx.State, hidden: Array) -> Array:

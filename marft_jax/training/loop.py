@@ -134,7 +134,7 @@ def prepare_setup(exp: Experiment) -> RunSetup:
     num_envs = exp.rollout.num_envs
     plan.check_envs(num_envs, "rollout.num_envs")
     plan.check_envs(eval_batch(exp), "train.eval_batch")
-    plan.check_update(exp.ppo, num_envs)
+    plan.check_update(setup.exp.ppo, num_envs)  # grad_accum_steps resolved
     return setup
 
 

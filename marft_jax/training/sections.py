@@ -108,6 +108,9 @@ class TrainConfig:
             step (or a non-finite state), restore the last good checkpoint, fold a fresh
             key and continue (0 = never).
         max_rollbacks: give up after this many rollbacks.
+        memory_budget_gb: the memory (GB, 1e9 bytes) the update's micro-batches are sized
+            to when `ppo.grad_accum_steps` is 0 (`algorithms.memory`); 0 = half the
+            machine's memory.
     """
 
     iterations: int = 10
@@ -125,6 +128,7 @@ class TrainConfig:
     log_every: int = 1
     rollback_after: int = 3
     max_rollbacks: int = 3
+    memory_budget_gb: float = 0.0
 
 
 def defaults(cls: type) -> dict[str, Any]:

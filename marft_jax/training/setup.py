@@ -9,7 +9,9 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
 
+from marft_jax.algorithms import memory
 from marft_jax.envs.registry import TaskSplit, get_task
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import ProblemTable
@@ -112,6 +114,7 @@ def build_setup(exp: Experiment) -> RunSetup:
     rollout_config = RolloutConfig(num_rounds=exp.rollout.num_rounds, horizon=horizon,
                                    obs_tokens=obs_tokens, action_tokens=k,
                                    reward_placement=exp.rollout.reward_placement, pad_id=pad)
+    exp = with_micro_batches(exp, cfg, rollout_config)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,
                             pad_token_id=pad)
@@ -122,6 +125,25 @@ def build_setup(exp: Experiment) -> RunSetup:
                     tokenizer=tokenizer, layout=layout, train=train, heldout=heldout,
                     sampler=sampler, rollout_config=rollout_config, state_size=state_size,
                     base_source=source, router=router)
+
+
+def with_micro_batches(exp: Experiment, model_config: ModelConfig,
+                       rollout_config: RolloutConfig) -> Experiment:
+    """`exp` with `ppo.grad_accum_steps = 0` resolved from `train.memory_budget_gb`
+    (`algorithms.memory`; sized for the untrimmed row width, the widest the update sees);
+    unchanged when the count is set."""
+    ppo = exp.ppo
+    if ppo.grad_accum_steps:
+        return exp
+    steps = memory.choose_grad_accum_steps(
+        model_config, rows_per_env=rollout_config.num_rounds * exp.team.num_agents,
+        tokens=rollout_config.obs_tokens + rollout_config.action_tokens,
+        action_tokens=rollout_config.action_tokens,
+        envs_per_minibatch=exp.rollout.num_envs // ppo.num_minibatches, remat=ppo.remat,
+        budget=memory.budget_bytes(exp.train.memory_budget_gb))
+    logging.info("ppo.grad_accum_steps=0: %d micro-batches per minibatch fit the memory "
+                 "budget", steps)
+    return dataclasses.replace(exp, ppo=ppo.replace(grad_accum_steps=steps))
 
 
 def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,

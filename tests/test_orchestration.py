@@ -282,6 +282,10 @@ def test_tiny_math_orchestrated_team_trains_end_to_end(tmp_path):
     rows = [json.loads(line) for line in (run / "responses_after.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     assert all(row["checker"] == "" and row["orchestrator"] for row in rows), rows
+    # The evaluation scores each agent over the plays it was called in, and says how often.
+    called = {k.split("called/")[1]: v for k, v in summary["eval_after"].items() if "called/" in k}
+    assert called == {"solver": 1.0, "checker": 0.0}, summary["eval_after"]
+    assert summary["eval_after"]["accuracy/checker"] == 0.0
 
 
 def test_group_normalize_uses_only_the_decisions_made():

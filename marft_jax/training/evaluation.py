@@ -87,7 +87,10 @@ class Evaluator:
         Returns:
             metrics: `accuracy`, `accuracy/<role>` per answering agent, `pass@k` for each
             k ≤ samples in powers of two, `problems`; math tasks add `accuracy_<scoring>`
-            for each of `grader.SCORINGS` (mean over samples and answering agents).
+            for each of `grader.SCORINGS` (mean over samples and answering agents). In an
+            orchestrated team an agent the orchestrator did not call made no decision:
+            `accuracy/<role>` is then over the plays it was called in (0 if never), and
+            `called/<role>` says in what fraction of plays it was called.
         """
         setup, team = self.setup, self.setup.exp.team
         base = setup.base if base is None else base
@@ -96,6 +99,7 @@ class Evaluator:
         answering = [i for i, a in enumerate(team.answer_mask) if a]
         scores = np.zeros((self.samples, p), np.float64)
         per_agent = np.zeros((self.samples, len(answering), p), np.float64)
+        called = np.ones((self.samples, len(answering), p), bool)  # the agent made a decision
         scored = {name: np.zeros((self.samples, len(answering), p)) for name in SCORINGS}
         texts: list[dict[str, Any]] = []
         t0 = time.perf_counter()
@@ -116,8 +120,11 @@ class Evaluator:
                 rows = ids[real]
                 scores[s, rows] = np.asarray(traj.scores[0])[real]
                 rewards = np.asarray(traj.rewards[0])  # [A, E]: own correctness
+                acted = np.asarray(traj.action_mask[0]).any(axis=-1)  # [A, E]
                 for j, i in enumerate(answering):
                     per_agent[s, j, rows] = rewards[i][real]
+                    if team.orchestrator is not None:
+                        called[s, j, rows] = acted[i][real]
                 if self.split.math is not None or self.split.code is not None:
                     records = self._responses(traj, ids, real, s)
                     if self.split.math is not None:
@@ -136,7 +143,11 @@ class Evaluator:
                                  elapsed, eta)
         metrics: dict[str, Any] = {"accuracy": float(scores.mean()), "problems": p}
         for j, i in enumerate(answering):
-            metrics[f"accuracy/{team.roles[i]}"] = float(per_agent[:, j].mean())
+            plays = called[:, j]  # [samples, p]
+            metrics[f"accuracy/{team.roles[i]}"] = (
+                float(per_agent[:, j][plays].mean()) if plays.any() else 0.0)
+            if team.orchestrator is not None:
+                metrics[f"called/{team.roles[i]}"] = float(plays.mean())
         if self.split.math is not None and answering:
             for name, grid in scored.items():
                 metrics[f"accuracy_{name}"] = float(grid.mean())

@@ -7,6 +7,13 @@ batched program. The iteration is `loop.train`'s (`iteration.make_iteration`, tr
 without the host-side padding trim), with the same key schedule, so a vmapped seed
 reproduces the corresponding `experiments/train.py --config.seed=S` run up to float
 rounding (tested).
+
+Non-finite updates: the update skips a non-finite step inside the program (as in
+`loop.train`), but a program has no checkpoints to roll back to. A seed whose updates were
+non-finite `train.rollback_after` iterations in a row, or whose state ends non-finite, is
+therefore trained again alone by `loop.train` (checkpoints, rollbacks), and its summary says
+so (`retrained_alone`). Fault injection (config section `faults`) exists only in
+`loop.train`: configs with a fault do not vmap.
 """
 
 from __future__ import annotations
@@ -19,18 +26,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+import numpy as np
+from absl import logging
+
 from marft_jax.envs.registry import get_task
 from marft_jax.errors import ConfigError
+from marft_jax.training import faults as fault_lib
 from marft_jax.training.config import Experiment
 from marft_jax.training.iteration import make_iteration
-from marft_jax.training.loop import evaluate_team, initial_state, make_evaluators
+from marft_jax.training.loop import evaluate_team, initial_state, make_evaluators, train
 from marft_jax.training.run_dir import MetricsWriter
 from marft_jax.training.setup import RunSetup, build_setup
 
 
 def can_vmap_seeds(exp: Experiment) -> bool:
-    """True when the config's rollout is JAX-native (no host reward or tokenizer)."""
-    return get_task(exp.task.kind).jax_native and exp.ppo.logprob_norm != "word"
+    """True when the config's rollout is JAX-native (no host reward or tokenizer) and it
+    injects no fault (`faults` runs only in `loop.train`)."""
+    return (get_task(exp.task.kind).jax_native and exp.ppo.logprob_norm != "word"
+            and fault_lib.fault_settings(exp.config)["kind"] == "none")
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -51,7 +64,31 @@ def _check_same_but_seed(exps: list[Experiment]) -> None:
             raise ConfigError("seed-vmapped runs: the configs may differ only in 'seed'")
     if not can_vmap_seeds(exps[0]):
         raise ConfigError("config field 'task.kind': seed-vmapped training needs a JAX-native "
-                          "rollout (task.kind='tokens', logprob_norm other than 'word')")
+                          "rollout (task.kind='tokens', logprob_norm other than 'word') and "
+                          "no 'faults'")
+
+
+def _nonfinite_streak(records: list[dict[str, Any]]) -> int:
+    """The longest run of consecutive iterations whose update skipped a non-finite step."""
+    longest = streak = 0
+    for record in records:
+        update = record["update"]
+        bad = (np.asarray(update["skipped_nonfinite"]).sum() > 0
+               or int(np.asarray(update["critic_skipped_nonfinite"])) > 0)
+        streak = streak + 1 if bad else 0
+        longest = max(longest, streak)
+    return longest
+
+
+def _needs_retraining(exp: Experiment, records: list[dict[str, Any]], state) -> str | None:
+    """Why a vmapped seed must be trained again alone (None: it need not)."""
+    limit = exp.train.rollback_after
+    streak = _nonfinite_streak(records)
+    if limit and streak >= limit:
+        return f"{streak} consecutive non-finite updates (train.rollback_after={limit})"
+    if not fault_lib.state_is_finite(state):
+        return "its adapters or critic ended non-finite"
+    return None
 
 
 def make_seed_program(setups: list[RunSetup]):
@@ -93,7 +130,9 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
 
     Returns:
         One summary per seed: `eval_before`, `eval_after`, `last_score`, `iterations`,
-        `wall_s` (the training program's wall time, shared by all seeds).
+        `wall_s` (the training program's wall time, shared by all seeds); a seed trained
+        again alone (see the module docstring) has `loop.train`'s summary with
+        `retrained_alone` (the reason) added.
     """
     _check_same_but_seed(exps)
     setups = [build_setup(e) for e in exps]
@@ -124,6 +163,17 @@ def train_seeds(exps: list[Experiment], run_dirs: list[str | Path]) -> list[dict
                                                       start + length, f"step{start + length}")
     summaries = []
     for i, (setup, run_dir) in enumerate(zip(setups, run_dirs)):
+        why = _needs_retraining(exps[i], records[i], _unstack(state, i)) if total else None
+        if why is not None:
+            logging.warning("seed %d: %s in the vmapped program; training it again alone "
+                            "(loop.train: checkpoints and rollbacks) in %s", exps[i].seed,
+                            why, run_dir)
+            summary = train(exps[i], run_dir)
+            summary["retrained_alone"] = why
+            (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2,
+                                                                   default=float))
+            summaries.append(summary)
+            continue
         after = befores[i] if total == 0 else evaluate(i, _unstack(state.lora, i), total,
                                                        "after")
         writer = MetricsWriter(run_dir)

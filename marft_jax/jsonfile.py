@@ -1,7 +1,9 @@
-"""Reading a user's JSON file (model config, PEFT config, team profile) with one-line errors."""
+"""Reading a user's JSON or JSON-lines file (model config, PEFT config, team profile,
+dataset) with one-line errors that name the file."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,20 @@ from typing import Any
 from marft_jax.errors import ConfigError
 
 _KINDS = {dict: "a JSON object", list: "a JSON array"}
+
+
+def _read_text(path: Path, missing: str) -> str:
+    """The file's text (`.gz`: decompressed), or a ConfigError that names the file."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found" + (f" ({missing})" if missing else "")) \
+            from None
+    except (OSError, UnicodeDecodeError, EOFError) as err:
+        raise ConfigError(f"{path}: cannot read the file ({err})") from None
 
 
 def read_json(path: str | Path, missing: str = "", top: type | tuple[type, ...] = dict) -> Any:
@@ -25,13 +41,7 @@ def read_json(path: str | Path, missing: str = "", top: type | tuple[type, ...] 
             column), or its top-level value has another type.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found" + (f" ({missing})" if missing else "")) \
-            from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the file ({err})") from None
+    text = _read_text(path, missing)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -42,3 +52,23 @@ def read_json(path: str | Path, missing: str = "", top: type | tuple[type, ...] 
         kinds = " or ".join(_KINDS.get(t, t.__name__) for t in tops)
         raise ConfigError(f"{path}: expected {kinds} at the top level")
     return data
+
+
+def read_jsonl(path: str | Path, missing: str = "") -> list[tuple[int, Any]]:
+    """`(line number, value)` of every non-blank line of a JSON-lines file (`.gz` too).
+
+    Raises:
+        ConfigError: the file is missing or unreadable, or a line is not valid JSON (the
+            message names the file and the line).
+    """
+    path = Path(path)
+    records = []
+    for number, line in enumerate(_read_text(path, missing).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}: invalid JSON at line {number} column {err.colno}: "
+                              f"{err.msg}") from None
+    return records

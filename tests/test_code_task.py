@@ -85,7 +85,7 @@ def test_jsonl_loader_reads_plain_and_gzip(tmp_path):
     (dict(RECORD, entry_point=3), r"a\.jsonl:2: field 'entry_point' must be a string"),
     (dict(RECORD, entry_point="not a name"), r"a\.jsonl:2: field 'entry_point'"),
     (dict(RECORD, test="x = 1\n"), r"a\.jsonl:2: field 'test': .*no assert"),
-    ("{not json", r"a\.jsonl:2: invalid JSON"),
+    ("{not json", r"a\.jsonl: invalid JSON at line 2"),
 ])
 def test_jsonl_loader_names_file_line_and_field(tmp_path, record, message):
     path = _write(tmp_path / "a.jsonl", [RECORD, record])

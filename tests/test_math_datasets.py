@@ -114,8 +114,8 @@ def test_direct_paths_json_jsonl_and_directory(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"problem": "x", "final_answer": "1"}', "expected a JSON list of problem records"),
-    ('[{"problem": "x", "final_answer": "1"}, ', "malformed JSON at line 1"),
+    ('{"problem": "x", "final_answer": "1"}', "expected a JSON array at the top level"),
+    ('[{"problem": "x", "final_answer": "1"}, ', "invalid JSON at line 1"),
     ('[{"final_answer": "1"}]', "record 0: field 'problem' is missing"),
     ('[{"problem": "ok", "final_answer": "1"}, {"problem": "  ", "final_answer": "1"}]',
      "record 1: field 'problem'"),
@@ -137,7 +137,7 @@ def test_bad_jsonl_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": \n',
                     encoding="utf-8")
-    with pytest.raises(ConfigError, match="bad.jsonl: malformed JSONL line 2"):
+    with pytest.raises(ConfigError, match="bad.jsonl: invalid JSON at line 2"):
         load_math_dataset(path)
     path.write_text('{"problem": "a", "answer": "1"}\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="bad.jsonl: line 2: expected an object"):
@@ -147,7 +147,7 @@ def test_bad_jsonl_names_the_line(tmp_path):
 def test_unreadable_and_unknown_sources(tmp_path):
     path = tmp_path / "latin1.json"
     path.write_bytes(b'[{"problem": "caf\xe9", "final_answer": "1"}]')
-    with pytest.raises(ConfigError, match="latin1.json: cannot read dataset file"):
+    with pytest.raises(ConfigError, match="latin1.json: cannot read the file"):
         load_math_dataset(path)
     with pytest.raises(ConfigError, match="neither a dataset name .* nor an existing file"):
         load_math_dataset(tmp_path / "missing.json")

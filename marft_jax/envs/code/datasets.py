@@ -9,13 +9,12 @@ rewrites), `canonical_solution` (the body that follows the prompt), `test` (a
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import importlib.util
-import json
 from pathlib import Path
 
 from marft_jax.envs.code.sandbox import TestSuite, split_tests
 from marft_jax.errors import ConfigError
+from marft_jax.jsonfile import read_jsonl
 
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 HUMANEVAL_FILE = ("data", "HumanEval.jsonl.gz")
@@ -83,23 +82,8 @@ def load_code_jsonl(path: str | Path) -> list[CodeProblem]:
             lacks a field (one line naming the file, the line and the field).
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: code problem file not found") from None
-    except (OSError, UnicodeDecodeError, EOFError) as error:
-        raise ConfigError(f"{path}: cannot read code problem file: {error}") from None
-    problems = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path}:{number}: invalid JSON: {error.msg}") from None
-        problems.append(problem_from_record(record, f"{path}:{number}"))
+    problems = [problem_from_record(record, f"{path}:{number}")
+                for number, record in read_jsonl(path, missing="a code problem file")]
     if not problems:
         raise ConfigError(f"{path}: no code problems in the file")
     return problems

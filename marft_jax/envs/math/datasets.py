@@ -14,7 +14,6 @@ directory itself); ``../shared/data/math`` relative to the project root.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 from marft_jax.envs.math.extract import extract_reference
 from marft_jax.envs.math.normalize import normalize_answer
 from marft_jax.errors import ConfigError
+from marft_jax.jsonfile import read_json, read_jsonl
 from marft_jax.paths import DATA_ENV_VAR as ENV_VAR, data_root
 
 
@@ -135,29 +135,9 @@ def load_math_dataset(name_or_path: str | os.PathLike, split: str = "test", *,
 
 def _read_records(path: Path) -> list[tuple[int, object]]:
     """``(index, record)`` pairs of a JSON list or a JSONL file (index = position / line)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{path}: cannot read dataset file: {error}") from error
     if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{path}: malformed JSONL line {number}: {error.msg}") from error
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{path}: malformed JSON at line {error.lineno} column "
-                          f"{error.colno}: {error.msg}") from error
-    if not isinstance(data, list):
-        raise ConfigError(f"{path}: expected a JSON list of problem records, "
-                          f"got {type(data).__name__}")
-    return list(enumerate(data))
+        return read_jsonl(path)
+    return list(enumerate(read_json(path, top=list)))
 
 
 def _to_problem(record: object, index: int, path: Path, label: str) -> MathProblem:

@@ -81,7 +81,10 @@ def _study_module(path: Path):
 def load_study(path: str | Path) -> list[Condition]:
     """The conditions of a study file (`get_study()`); ConfigError names a bad file."""
     path = Path(path)
-    module = _study_module(path)
+    return _conditions(_study_module(path), path)
+
+
+def _conditions(module, path: Path) -> list[Condition]:
     try:
         conditions = list(module.get_study())
     except Exception as e:
@@ -98,12 +101,12 @@ def load_study(path: str | Path) -> list[Condition]:
 
 def load_comparisons(path: str | Path) -> list[Comparison]:
     """The study file's `get_comparisons()` (optional: none without it); ConfigError when
-    one names a condition the study does not have."""
+    one names a condition the study does not have. The file runs once."""
     path = Path(path)
     module = _study_module(path)
     if not hasattr(module, "get_comparisons"):
         return []
-    names = {c.name for c in load_study(path)}
+    names = {c.name for c in _conditions(module, path)}
     comparisons = list(module.get_comparisons())
     for c in comparisons:
         if not isinstance(c, Comparison):

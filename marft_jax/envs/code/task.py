@@ -16,16 +16,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from marft_jax.envs.code.datasets import CodeProblem
 from marft_jax.envs.code.extract import extract_code
 from marft_jax.envs.code.sandbox import Job, SandboxLimits, SandboxResult, grade_batch
-from marft_jax.envs.math.task import TextCodec, answer_texts
+from marft_jax.envs.host_graded import HostGraded, TextCodec, answer_texts, token_table
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import ProblemTable
-from marft_jax.flexmg.rollout import host_reward
 
 REWARDS = ("fraction", "pass")
 
@@ -44,7 +42,7 @@ def candidate_program(response: str, problem: CodeProblem) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class CodeTask:
+class CodeTask(HostGraded):
     """Problems, their token table and the sandboxed grader.
 
     Attributes:
@@ -72,17 +70,7 @@ class CodeTask:
 
     def grade(self, tokenizer: TextCodec, answer_mask: Sequence[bool], problem_ids: np.ndarray,
               actions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Grades one round on the host.
-
-        Args:
-            answer_mask: `[A]` agents whose output is graded.
-            problem_ids: `[E]` problem of each env.
-            actions: `[A, E, K]` response tokens.
-            lengths: `[A, E]` response lengths.
-
-        Returns:
-            `[A, E]` float32: the reward of each answering agent's program (0 elsewhere).
-        """
+        """`HostGraded.grade`: the reward of each answering agent's program."""
         out = np.zeros(lengths.shape, np.float32)
         pairs = answer_texts(tokenizer, answer_mask, actions, lengths)
         cells = [cell for cell, _ in pairs]
@@ -90,11 +78,6 @@ class CodeTask:
         for (i, e), result in zip(cells, results):
             out[i, e] = result.fraction if self.reward == "fraction" else float(result.ok)
         return out
-
-    def reward_fn(self, tokenizer: TextCodec, answer_mask: Sequence[bool]):
-        """The rollout's `reward_fn` (a `jax.pure_callback` around `grade`)."""
-        mask = tuple(bool(m) for m in answer_mask)
-        return host_reward(lambda p, a, n: self.grade(tokenizer, mask, p, a, n), len(mask))
 
 
 def build_code_task(problems: Sequence[CodeProblem], tokenizer: TextCodec,
@@ -109,11 +92,6 @@ def build_code_task(problems: Sequence[CodeProblem], tokenizer: TextCodec,
         raise ConfigError("code task: the problem list is empty")
     if reward not in REWARDS:
         raise ConfigError(f"code task: reward {reward!r} is not one of {list(REWARDS)}")
-    rows = [tokenizer.encode(p.prompt) for p in problems]
-    tokens = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-    for i, r in enumerate(rows):
-        tokens[i, :len(r)] = r
-    table = ProblemTable(tokens=jnp.asarray(tokens),
-                         lengths=jnp.asarray([len(r) for r in rows], jnp.int32))
+    table = token_table(tokenizer, [p.prompt for p in problems])
     return CodeTask(problems=tuple(problems), table=table, limits=limits, workers=workers,
                     reward=reward)

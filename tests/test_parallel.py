@@ -26,8 +26,11 @@ from marft_jax.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "parallel_worker.py"
 # NAME:DATA,FSDP,TP,MODE,ITERATIONS
-FIRST = ["one:1,1,1,auto,2", "data2_fsdp2:2,2,1,auto,2", "data2_tp2:2,1,2,auto,2"]
-SECOND = ["data4:4,1,1,auto,2", "shard_map4:4,1,1,shard_map,2"]
+# An orchestrated team (dynamic topology: the router's per-env calls follow the env split).
+ROUTE = ":team.profiles='token_route'|task.kind='route'"
+FIRST = ["one:1,1,1,auto,2", "data2_fsdp2:2,2,1,auto,2", "data2_tp2:2,1,2,auto,2",
+         "route_one:1,1,1,auto,2" + ROUTE]
+SECOND = ["data4:4,1,1,auto,2", "shard_map4:4,1,1,shard_map,2", "route_data4:4,1,1,auto,2" + ROUTE]
 TWO_PROCESSES = ["two_processes:2,2,1,auto,2"]  # data across the processes, fsdp within
 TOL = 1e-5
 
@@ -113,6 +116,11 @@ def _assert_same_run(jobs, name: str, reference: str) -> None:
 def test_sharded_training_matches_one_device(jobs, name):
     _assert_same_run(jobs, name, "one")
     assert _result(jobs, "one")[1]["mesh"] == {"data": 1, "fsdp": 1, "tp": 1}
+
+
+@pytest.mark.slow
+def test_orchestrated_team_sharded_matches_one_device(jobs):
+    _assert_same_run(jobs, "route_data4", "route_one")
 
 
 @pytest.mark.slow

@@ -150,7 +150,7 @@ def test_two_bases_of_different_families_and_vocabularies_train(bases, tmp_path)
 
 @pytest.mark.parametrize("model, expected", [
     ("no-such-model", "no such file or directory"),
-    ("{tmp}/broken.gguf", "does not load"),
+    ("{tmp}/broken.gguf", "unsupported GGUF version"),
     ("{tmp}/empty_dir", "has no config.json"),
 ])
 def test_bad_profile_model_is_one_line_naming_profile_and_field(bases, tmp_path, model,
@@ -208,3 +208,64 @@ def test_unknown_model_in_a_profile_exits_2_with_one_line(bases, tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "profile 1 (role 'actor'): field 'model'" in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def _overrides(llama: Path, team: Path) -> dict:
+    """The checkpoint test's settings on top of configs/tiny_cpu.py (also as CLI flags)."""
+    return {"model.name": str(llama), "team.profiles": str(team), "task.kind": "arithmetic",
+            "task.train_problems": 8, "task.heldout_problems": 2, "rollout.num_envs": 2,
+            "rollout.num_rounds": 1, "rollout.horizon": 2, "rollout.obs_tokens": 0,
+            "sampling.max_new_tokens": 5, "ppo.num_minibatches": 1, "ppo.epochs": 1,
+            "ppo.critic_trunk": "base", "train.iterations": 2, "train.eval_problems": 2,
+            "train.eval_batch": 2, "train.eval_before": False}
+
+
+def test_checkpoint_resume_evaluate_and_export_per_base(bases, tmp_path):
+    """Resuming after iteration 1 of 2 gives the uninterrupted run's metrics; the
+    evaluation decodes each agent with its own tokenizer; export writes each adapter as a
+    PEFT folder against its own base, equal to the checkpoint's slot on that base."""
+    from configs.tiny_cpu import get_config
+    from marft_jax.models.peft_export import load_peft_adapter
+    from marft_jax.training.checkpoint import RunCheckpointer
+    from marft_jax.training.config import finalize
+    from marft_jax.training.loop import restore_state, train
+    from marft_jax.training.run_dir import prepare_run_dir, read_metrics
+    from marft_jax.training.setup import build_setup
+
+    llama, qwen = bases
+    overrides = _overrides(llama, write_team(tmp_path / "team.json", qwen))
+    config = get_config()
+    config.update_from_flattened_dict(overrides)
+    exp = finalize(config)
+    setup = build_setup(exp)
+    runs = {}
+    for name, stops in (("full", [None]), ("resumed", [1, None])):
+        run = runs[name] = tmp_path / name
+        for k, stop in enumerate(stops):
+            prepare_run_dir(exp.config, run, resume=k > 0)
+            train(exp, run, resume=k > 0, stop_after=stop, setup=setup)
+    strip = lambda rs: [{k: v for k, v in r.items() if "time" not in k} for r in rs]
+    assert strip(read_metrics(runs["full"])) == strip(read_metrics(runs["resumed"]))
+    rows = [json.loads(line) for line in
+            (runs["full"] / "responses_after.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("reasoner" in r and "actor" in r for r in rows)
+
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+    out = tmp_path / "export"
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "export.py"),
+                           "--config=configs/tiny_cpu.py", *flags,
+                           f"--run_dir={runs['full']}", f"--out={out}"], cwd=ROOT,
+                          capture_output=True, text=True, env=jax_subprocess_env(),
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state, _, _ = restore_state(setup, RunCheckpointer(runs["full"], keep=3,
+                                                       async_save=False), 2)
+    h = setup.hetero
+    for index, name in enumerate(exp.team.adapter_names):
+        b = h.groups.agent_base[index]  # adapter i is agent i's here
+        peft = json.loads((out / name / "adapter_config.json").read_text())
+        assert peft["base_model_name_or_path"] == h.sources[b]
+        loaded = load_peft_adapter(out / name, h.model_configs[b], exp.lora, setup.lora[b],
+                                   index)
+        for x, y in zip(jax.tree.leaves(state.lora[b]), jax.tree.leaves(loaded)):
+            np.testing.assert_array_equal(np.asarray(x)[index], np.asarray(y)[index])

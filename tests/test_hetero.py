@@ -269,3 +269,39 @@ def test_checkpoint_resume_evaluate_and_export_per_base(bases, tmp_path):
                                    index)
         for x, y in zip(jax.tree.leaves(state.lora[b]), jax.tree.leaves(loaded)):
             np.testing.assert_array_equal(np.asarray(x)[index], np.asarray(y)[index])
+
+
+@pytest.mark.slow
+def test_smollm2_next_to_a_tiny_model(bases, tmp_path):
+    """SmolLM2-135M-Instruct (GGUF, 49,152 ids) as the reasoner and the tiny Qwen2 (BPE of
+    320 ids) as the actor: one training iteration, the actor sees the reasoner's text."""
+    from marft_jax.models.registry import resolve_model
+    from marft_jax.training.config import finalize
+    from marft_jax.training.iteration import make_iteration
+    from marft_jax.training.loop import initial_state
+    from marft_jax.training.setup import build_setup
+
+    try:
+        resolve_model("smollm2-135m-instruct")
+    except ConfigError as e:
+        pytest.skip(str(e))
+    _, qwen = bases
+    c = hetero_config(Path("smollm2-135m-instruct"), write_team(tmp_path / "team.json", qwen))
+    c.model.name = "smollm2-135m-instruct"
+    c.rollout.update(num_rounds=1, horizon=1)
+    c.sampling.max_new_tokens = 8
+    c.ppo.kl_coef = 0.0
+    exp = finalize(c)
+    setup = build_setup(exp)
+    h = setup.hetero
+    assert [cfg.vocab_size for cfg in h.model_configs] == [49152, 320]
+    state, games = initial_state(setup)
+    out = make_iteration(setup)(setup.base, state, games, jax.random.key(0), 0)
+    traj = out.traj
+    said = h.tokenizers[0].decode(np.asarray(traj.action_tokens[0, 0, 0])[
+        np.asarray(traj.action_mask[0, 0, 0])])
+    seen = h.tokenizers[1].decode(np.asarray(traj.obs_tokens[0, 1, 0])[
+        np.asarray(traj.obs_mask[0, 1, 0])])
+    assert said.strip() and said in seen
+    metrics = jax.tree.map(np.asarray, out.record["update"])
+    assert all(np.all(np.isfinite(v)) for v in metrics.values())

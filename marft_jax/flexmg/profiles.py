@@ -232,8 +232,8 @@ def team_from_dicts(profiles: Sequence[Any], source: str = "<inline>") -> Team:
     ignored = [i for i, obj in enumerate(profiles) if "device" in obj]
     if ignored:
         logging.info(
-            "%s: field 'device' of profiles %s ignored: agents share one base model "
-            "placed by the device mesh", source, ignored)
+            "%s: field 'device' of profiles %s ignored: the device mesh places the base "
+            "models (a profile's own base is its field 'model')", source, ignored)
     return Team(profiles=parsed, source=source)
 
 

@@ -1,10 +1,13 @@
-"""Names and places in team profiles: which role and adapter names are usable, and how a
-profile is named in error messages (`where`). Shared by `profiles` and `orchestration`."""
+"""Names and places in team profiles: which role and adapter names are usable
+(`name_problem`, `validate_roles`), and how a profile is named in error messages
+(`where`). Shared by `profiles` and `orchestration`."""
 
 from __future__ import annotations
 
 import unicodedata
 from typing import Any
+
+from marft_jax.errors import ConfigError
 
 # Names the observation layouts, the chat templates and the files of a run use for
 # themselves (compared case-insensitively): a role or adapter named so would be confused
@@ -52,3 +55,52 @@ def type_name(value: Any) -> str:
     """A JSON value's kind in words (\"an object\", \"a list\", ...)."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def validate_roles(profiles: tuple, source: str) -> None:
+    """Usable names (`name_problem`), unique roles (also up to case and Unicode
+    normalisation), adapter names that differ in more than that, an adapter on one base
+    model, and `depends_on` naming only other, known roles, each once."""
+    first: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    adapters: dict[str, str] = {}
+    models: dict[str, tuple[int, str | None]] = {}  # adapter -> (first profile, its model)
+    for index, profile in enumerate(profiles):
+        at = where(source, index, profile.role)
+        for field, name in (("role", profile.role), ("adapter", profile.adapter)):
+            problem = name_problem(name)
+            if problem:
+                raise ConfigError(f"{at}: field {field!r} ({name!r}) {problem}")
+        if profile.role in first:
+            raise ConfigError(
+                f"{at}: field 'role' repeats the role of "
+                f"profile {first[profile.role]}; roles must be unique")
+        key = name_key(profile.role)
+        if key in keys:
+            raise ConfigError(
+                f"{at}: field 'role' equals the role of profile {keys[key]} up to case or "
+                "Unicode normalisation; roles must be distinct")
+        seen = adapters.setdefault(name_key(profile.adapter), profile.adapter)
+        if seen != profile.adapter:
+            raise ConfigError(
+                f"{at}: field 'adapter' ({profile.adapter!r}) equals adapter {seen!r} up "
+                "to case or Unicode normalisation (exported folders would clash)")
+        first[profile.role] = index
+        keys[key] = index
+        owner = models.setdefault(profile.adapter, (index, profile.model))
+        if owner[1] != profile.model:
+            raise ConfigError(
+                f"{at}: field 'model' ({profile.model!r}) differs from that of profile "
+                f"{owner[0]} ({owner[1]!r}), which uses the same adapter {profile.adapter!r}; "
+                "an adapter lives on one base model")
+    for index, profile in enumerate(profiles):
+        at = where(source, index, profile.role)
+        for k, dep in enumerate(profile.depends_on or ()):
+            if dep == profile.role:
+                raise ConfigError(f"{at}: field 'depends_on' names the role itself")
+            if dep not in first:
+                raise ConfigError(
+                    f"{at}: field 'depends_on' names unknown role {dep!r} "
+                    f"(roles: {', '.join(first)})")
+            if dep in profile.depends_on[:k]:
+                raise ConfigError(f"{at}: field 'depends_on' names {dep!r} twice")

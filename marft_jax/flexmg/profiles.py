@@ -33,7 +33,7 @@ from marft_jax.jsonfile import read_json
 from marft_jax.paths import DATA_ENV_VAR, data_root, project_root
 from marft_jax.flexmg.graph import DependencyGraph
 from marft_jax.flexmg.names import (MAX_NAME_CHARS, RESERVED_NAMES,  # noqa: F401 (re-exported)
-                                    name_key, name_problem, type_name)
+                                    name_problem, type_name, validate_roles)
 from marft_jax.flexmg.names import where as _where
 from marft_jax.flexmg.orchestration import validate_orchestration
 
@@ -108,7 +108,7 @@ class Team:
                     f"got {type(profile).__name__}")
             _validate_profile(profile, _where(self.source, index, profile.role))
         object.__setattr__(self, "profiles", profiles)
-        _validate_roles(profiles, self.source)
+        validate_roles(profiles, self.source)
         graph = DependencyGraph.from_dependencies(self.roles, self.dependencies, self.source,
                                                   dynamic=self.orchestrator is not None)
         validate_orchestration(profiles, graph, self.source)
@@ -363,52 +363,3 @@ def _validate_profile(profile: AgentProfile, where: str) -> None:
                              or not math.isfinite(temp) or temp < 0):
         raise ConfigError(f"{where}: field 'temperature' must be a finite number >= 0, "
                           f"got {temp!r}")
-
-
-def _validate_roles(profiles: tuple[AgentProfile, ...], source: str) -> None:
-    """Usable names (`name_problem`), unique roles (also up to case and Unicode
-    normalisation), adapter names that differ in more than that, an adapter on one base
-    model, and `depends_on` naming only other, known roles, each once."""
-    first: dict[str, int] = {}
-    keys: dict[str, int] = {}
-    adapters: dict[str, str] = {}
-    models: dict[str, tuple[int, str | None]] = {}  # adapter -> (first profile, its model)
-    for index, profile in enumerate(profiles):
-        where = _where(source, index, profile.role)
-        for field, name in (("role", profile.role), ("adapter", profile.adapter)):
-            problem = name_problem(name)
-            if problem:
-                raise ConfigError(f"{where}: field {field!r} ({name!r}) {problem}")
-        if profile.role in first:
-            raise ConfigError(
-                f"{where}: field 'role' repeats the role of "
-                f"profile {first[profile.role]}; roles must be unique")
-        key = name_key(profile.role)
-        if key in keys:
-            raise ConfigError(
-                f"{where}: field 'role' equals the role of profile {keys[key]} up to case or "
-                "Unicode normalisation; roles must be distinct")
-        seen = adapters.setdefault(name_key(profile.adapter), profile.adapter)
-        if seen != profile.adapter:
-            raise ConfigError(
-                f"{where}: field 'adapter' ({profile.adapter!r}) equals adapter {seen!r} up "
-                "to case or Unicode normalisation (exported folders would clash)")
-        first[profile.role] = index
-        keys[key] = index
-        owner = models.setdefault(profile.adapter, (index, profile.model))
-        if owner[1] != profile.model:
-            raise ConfigError(
-                f"{where}: field 'model' ({profile.model!r}) differs from that of profile "
-                f"{owner[0]} ({owner[1]!r}), which uses the same adapter {profile.adapter!r}; "
-                "an adapter lives on one base model")
-    for index, profile in enumerate(profiles):
-        where = _where(source, index, profile.role)
-        for k, dep in enumerate(profile.depends_on or ()):
-            if dep == profile.role:
-                raise ConfigError(f"{where}: field 'depends_on' names the role itself")
-            if dep not in first:
-                raise ConfigError(
-                    f"{where}: field 'depends_on' names unknown role {dep!r} "
-                    f"(roles: {', '.join(first)})")
-            if dep in profile.depends_on[:k]:
-                raise ConfigError(f"{where}: field 'depends_on' names {dep!r} twice")

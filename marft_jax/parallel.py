@@ -247,14 +247,20 @@ class Plan:
 
         return self.struct_shardings(GameState, group_size=group_size)
 
-    def trajectory_shardings(self):
-        """A `Trajectory` of shardings: the env axis split (axis 2, or 1 / 0 where declared)."""
+    def trajectory_shardings(self, critic_view: bool = False):
+        """A `Trajectory` of shardings: the env axis split (axis 2, or 1 / 0 where declared);
+        `critic_view`: with the heterogeneous team's critic observations (else None)."""
         from marft_jax.flexmg.trajectory import Trajectory
 
-        return self.struct_shardings(Trajectory)
+        out = self.struct_shardings(Trajectory)
+        return out if critic_view else out.replace(critic_obs_tokens=None,
+                                                   critic_obs_mask=None)
 
     def place_game(self, game):
-        """Splits the environments of a (host-identical) game state over the mesh."""
+        """Splits the environments of a (host-identical) game state over the mesh (a tuple
+        of game states, one per base, for a heterogeneous team)."""
+        if isinstance(game, tuple):
+            return tuple(self.place_game(g) for g in game)
         self.check_envs(game.num_envs, "rollout.num_envs")
         return jax.device_put(game, self.game_shardings(game.group_size))
 
@@ -291,11 +297,15 @@ class Plan:
         return jax.shard_map(reward_fn, mesh=self.mesh, in_specs=(P(b), P(None, b), P(None, b)),
                              out_specs=P(None, b), check_vma=False)
 
-    def jit_rollout(self, rollout: Callable, group_size: int = 1) -> Callable:
+    def jit_rollout(self, rollout: Callable, group_size: int = 1,
+                    num_bases: int = 1) -> Callable:
         """`jax.jit(rollout)` whose outputs keep the env split (game state, trajectory);
-        `group_size` is that of the game states it is called with."""
-        return jax.jit(rollout, out_shardings=(self.game_shardings(group_size),
-                                               self.trajectory_shardings()))
+        `group_size` is that of the game states it is called with; `num_bases` > 1: a
+        heterogeneous team's rollout (a game state per base, critic observations)."""
+        game = self.game_shardings(group_size)
+        if num_bases > 1:
+            game = (game,) * num_bases
+        return jax.jit(rollout, out_shardings=(game, self.trajectory_shardings(num_bases > 1)))
 
     def update_options(self, state) -> dict[str, Any]:
         """Keyword arguments of `algorithms.update.make_update` for this plan.

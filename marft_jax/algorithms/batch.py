@@ -16,7 +16,7 @@ from flax import struct
 
 from marft_jax.algorithms import advantages as adv_lib
 from marft_jax.algorithms import critic as critic_lib
-from marft_jax.algorithms import scoring
+from marft_jax.algorithms import multibase, scoring
 from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.config import PPOConfig
 from marft_jax.flexmg.trajectory import Trajectory
@@ -96,7 +96,7 @@ def env_chunk(num_envs: int, target: int) -> int:
 
 
 def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic, base,
-                  traj: Trajectory, word_counts: Array | None, chunk: int):
+                  traj: Trajectory, word_counts: Array | None, chunk: int, groups=None):
     """Scores the trajectory with the pre-update parameters and computes advantages.
 
     Args:
@@ -107,6 +107,8 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         traj: the rollout.
         word_counts: `[R, A, E]` or None.
         chunk: envs per pre-pass chunk (must divide E).
+        groups: a heterogeneous team's `BaseGroups` (graphdef, lora, base are then per-base
+            tuples; `algorithms.multibase`), or None.
 
     Returns:
         `(Batch, stats)` with scalar statistics of advantages, returns and values.
@@ -121,8 +123,28 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
     head_ids = critic_lib.head_ids_for(config.critic_heads, a)
     seqs = dict(obs_tokens=traj.obs_tokens, obs_mask=traj.obs_mask,
                 action_tokens=traj.action_tokens, action_mask=traj.action_mask)
+    if groups is not None:
+        seqs.update(critic_obs_tokens=traj.critic_obs_tokens,
+                    critic_obs_mask=traj.critic_obs_mask)
+
+    def hetero_pass(x):  # each agent on its base; the critic on the critic base
+        args = (x["obs_tokens"], x["obs_mask"], x["action_tokens"], x["action_mask"])
+        out = {}
+        if config.recompute_old_logprobs:
+            out["old_logprobs"] = multibase.score_actions(
+                groups, graphdef, base, lora, *args, traj.adapter_ids).token_logprobs
+        if config.kl_coef > 0:
+            out["ref_logprobs"] = multibase.score_actions(
+                groups, graphdef, base, lora, *args, BASE_ADAPTER).token_logprobs
+        if critic_on:
+            feats = out["base_features"] = multibase.critic_features(
+                groups, graphdef, base, lora, x["critic_obs_tokens"], x["critic_obs_mask"])
+            out["values"] = evaluate_values(critic, feats, head_ids, spec.level)
+        return out
 
     def chunk_pass(x):
+        if groups is not None:
+            return hetero_pass(x)
         args = (x["obs_tokens"], x["obs_mask"], x["action_tokens"], x["action_mask"])
         out, feats = {}, None
         if config.recompute_old_logprobs:
@@ -150,8 +172,12 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
     if critic_on:
         first = credit.order[0]
         trunk_id = BASE_ADAPTER if base_trunk else traj.adapter_ids[first]
-        feats = scoring.observation_features(graphdef, base, lora, traj.next_obs_tokens,
-                                             traj.next_obs_mask, trunk_id)  # [E, H]
+        if groups is None:
+            feats = scoring.observation_features(graphdef, base, lora, traj.next_obs_tokens,
+                                                 traj.next_obs_mask, trunk_id)  # [E, H]
+        else:
+            feats = multibase.bootstrap_features(groups, graphdef, base, lora,
+                                                 traj.next_obs_tokens, traj.next_obs_mask)
         head = jax.tree.map(lambda w: w[head_ids[first]], critic)
         bootstrap = critic_lib.apply_head(head, feats)  # [E]
 

@@ -34,7 +34,7 @@ from flax import struct
 from marft_jax.algorithms import advantages as adv_lib
 from marft_jax.algorithms import batch as batch_lib
 from marft_jax.algorithms import critic as critic_lib
-from marft_jax.algorithms import guard, losses, optim, schedules, scoring
+from marft_jax.algorithms import guard, losses, multibase, optim, schedules, scoring
 from marft_jax.algorithms.advantages import CreditOrder
 from marft_jax.algorithms.batch import Batch
 from marft_jax.algorithms.config import ALGORITHMS, AlgorithmSpec, PPOConfig
@@ -99,7 +99,8 @@ def zero_terms(num_agents: int) -> tuple[losses.PolicyTerms, losses.ValueTerms]:
 
 
 def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_count: Array,
-              value_count: Array) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
+              value_count: Array, groups=None
+              ) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
     """The MARFT objective of one micro-batch, and its per-agent sums with counts.
 
     Each agent contributes its policy objective divided by its decision count in the whole
@@ -116,6 +117,8 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         micro: the micro-batch, `[R, A, E_micro, ...]` leaves.
         policy_count: `[A]` decisions (or tokens) of each agent in the whole minibatch, ≥ 1.
         value_count: `[]` all decisions of the minibatch, ≥ 1.
+        groups: a heterogeneous team's `BaseGroups` (graphdef, base and lora per-base
+            tuples: each agent scored on its base, `algorithms.multibase`), or None.
 
     Returns:
         `(total, (policy_terms, value_terms))`: the scalar objective and the `[A]` sums of
@@ -127,10 +130,15 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
     a = micro.obs_tokens.shape[1]
     shared_trunk = spec.uses_critic and config.critic_trunk == "shared"
     p = batch_lib.value_positions(config, micro.action_tokens.shape[-1])
-    scores = scoring.score_actions(
-        graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
-        micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
-        remat=config.remat)
+    if groups is None:
+        scores = scoring.score_actions(
+            graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
+            micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
+            remat=config.remat)
+    else:
+        scores = multibase.score_actions(
+            groups, graphdef, base, lora, micro.obs_tokens, micro.obs_mask,
+            micro.action_tokens, micro.action_mask, adapter_ids, remat=config.remat)
     terms = losses.POLICY_LOSSES[spec.policy_loss](
         scores.token_logprobs, micro.old_logprobs, micro.action_mask, micro.advantages,
         scores.entropy, config.clip_eps, config.logprob_norm, micro.word_counts,
@@ -152,7 +160,7 @@ def make_update(graphdef, config: PPOConfig,
                 graph: CreditOrder | DependencyGraph | None = None,
                 *, donate: bool = False, out_shardings: Any = None,
                 constrain_batch: Callable | None = None,
-                grad_map: Callable | None = None) -> Callable:
+                grad_map: Callable | None = None, groups: Any = None) -> Callable:
     """Builds the jitted update for one algorithm configuration.
 
     Args:
@@ -167,6 +175,8 @@ def make_update(graphdef, config: PPOConfig,
             value_count) -> (grads, (policy_terms, value_terms))`, with `params = (lora,
             critic)` and `ctx = (base, adapter_ids, scheduled)`; returned sums must be over
             the whole minibatch (`parallel.Plan.update_options` runs it under `shard_map`).
+        groups: a heterogeneous team's `BaseGroups` (`graphdef` and the `base` / `lora`
+            the update is called with are then per-base tuples), or None.
 
     Returns:
         `update(state, base, trajectory, key, word_counts=None, fault=None) -> (state,
@@ -201,7 +211,7 @@ def make_update(graphdef, config: PPOConfig,
 
         batch, stats = batch_lib.prepare_batch(
             graphdef, config, credit, state.lora, state.critic, base, traj, word_counts,
-            batch_lib.env_chunk(e, per_micro))
+            batch_lib.env_chunk(e, per_micro), groups=groups)
 
         samples = state.samples + r * e
         warmup = schedules.in_critic_warmup(samples, config.critic_warmup_samples)
@@ -211,7 +221,8 @@ def make_update(graphdef, config: PPOConfig,
         may_step = adapters_scheduled & ~warmup  # [NA]
         to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids, num_adapters)
 
-        grad_fn = jax.grad(functools.partial(objective, graphdef, config), has_aux=True)
+        grad_fn = jax.grad(functools.partial(objective, graphdef, config, groups=groups),
+                           has_aux=True)
 
         def minibatch_grads(params, ctx, mb: Batch, policy_count, value_count):
             """Sums of the gradients and loss terms over the micro-batches of `mb`."""

@@ -37,6 +37,9 @@ class TaskSplit:
     # The pass/fail score evaluation counts (accuracy, pass@k) where the training reward
     # gives partial credit (code: the fraction of tests passed); None: `reward_fn` is one.
     eval_reward_fn: Callable[..., Any] | None = None
+    # A heterogeneous team's problem tables, one per base (each in its base's tokens, the
+    # same problems in the same order); `table` is the first base's. None: one base.
+    tables: tuple[ProblemTable, ...] | None = None
 
     @property
     def num_problems(self) -> int:

@@ -47,7 +47,7 @@ def validate_orchestration(profiles: tuple[AgentProfile, ...], graph: Dependency
     agent depends on it, directly or not); `calls` names other known roles, each once, and
     `default_calls` a subset of them.
     """
-    from marft_jax.flexmg.profiles import _where
+    from marft_jax.flexmg.names import where as _where
 
     orchestrators = [i for i, p in enumerate(profiles) if p.calls is not None]
     if not orchestrators:

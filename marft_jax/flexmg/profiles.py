@@ -5,7 +5,10 @@ A profile file is a JSON list of objects, one per agent, in the reference format
 the agent's output is graded); `device` is accepted and ignored. marft_jax adds optional
 fields: `depends_on` (roles whose actions this agent sees; left out = every earlier profile,
 the reference chain), `adapter` (LoRA adapter name, default the role; roles may share one),
-and the per-agent generation overrides `max_new_tokens` and `temperature`.
+the per-agent generation overrides `max_new_tokens` and `temperature`, and `model` (the
+agent's own base model: a registered name, a Hugging Face directory or a .gguf file; left
+out = the run's `model.name`). A team whose agents name different models is
+*heterogeneous*: see `training/bases.py` and `flexmg/hetero.py`.
 
 An *orchestrated* team (a dynamic topology, Flex-MG's D_t) has one profile with `calls`:
 the orchestrator. It acts first in every round, and its action selects which of the roles
@@ -19,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,13 @@ from marft_jax.errors import ConfigError
 from marft_jax.jsonfile import read_json
 from marft_jax.paths import DATA_ENV_VAR, data_root, project_root
 from marft_jax.flexmg.graph import DependencyGraph
+from marft_jax.flexmg.names import (MAX_NAME_CHARS, RESERVED_NAMES,  # noqa: F401 (re-exported)
+                                    name_problem, type_name, validate_roles)
+from marft_jax.flexmg.names import where as _where
 from marft_jax.flexmg.orchestration import validate_orchestration
 
 _FIELDS = ("role", "prompt", "with_answer", "depends_on", "adapter", "max_new_tokens",
-           "temperature", "calls", "default_calls")
+           "temperature", "calls", "default_calls", "model")
 _IGNORED_FIELDS = ("device",)  # reference per-agent GPU placement; the mesh decides here
 _REQUIRED_FIELDS = ("role", "prompt")
 
@@ -54,6 +59,8 @@ class AgentProfile:
         calls: roles this agent may call each round; set = the team's orchestrator.
         default_calls: roles called when the orchestrator's action names none (a subset of
             `calls`; text teams: the untrained orchestrator rarely writes a call tag).
+        model: the agent's base model (registered name, HF directory or .gguf file); None =
+            the run's `model.name`.
     """
 
     role: str
@@ -65,6 +72,7 @@ class AgentProfile:
     temperature: float | None = None
     calls: tuple[str, ...] | None = None
     default_calls: tuple[str, ...] | None = None
+    model: str | None = None
 
     def __post_init__(self):
         if self.adapter is None:
@@ -100,7 +108,7 @@ class Team:
                     f"got {type(profile).__name__}")
             _validate_profile(profile, _where(self.source, index, profile.role))
         object.__setattr__(self, "profiles", profiles)
-        _validate_roles(profiles, self.source)
+        validate_roles(profiles, self.source)
         graph = DependencyGraph.from_dependencies(self.roles, self.dependencies, self.source,
                                                   dynamic=self.orchestrator is not None)
         validate_orchestration(profiles, graph, self.source)
@@ -177,6 +185,20 @@ class Team:
             else tuple(sorted(index[role] for role in p.depends_on))
             for i, p in enumerate(self.profiles))
 
+    def base_models(self, default: str) -> tuple[str, ...]:
+        """The distinct base models of the team, in order of first appearance (`model`, or
+        `default`, the run's `model.name`, where a profile leaves it out)."""
+        return tuple(dict.fromkeys(self.model_per_agent(default)))
+
+    def model_per_agent(self, default: str) -> tuple[str, ...]:
+        """Per agent, its base model's name (`default` where the profile names none)."""
+        return tuple(default if p.model is None else p.model for p in self.profiles)
+
+    def base_index(self, default: str) -> tuple[int, ...]:
+        """Per agent, the index of its base in `base_models(default)`."""
+        names = self.base_models(default)
+        return tuple(names.index(m) for m in self.model_per_agent(default))
+
     def max_new_tokens_per_agent(self, default: int) -> tuple[int, ...]:
         """Per agent, its `max_new_tokens`, or `default` where the profile leaves it out."""
         return tuple(default if p.max_new_tokens is None else p.max_new_tokens
@@ -205,13 +227,13 @@ def team_from_dicts(profiles: Sequence[Any], source: str = "<inline>") -> Team:
     if not isinstance(profiles, (list, tuple)):
         raise ConfigError(
             f"{source}: the top level must be a list of profile objects, "
-            f"got {_type_name(profiles)}")
+            f"got {type_name(profiles)}")
     parsed = tuple(_profile_from_dict(obj, i, source) for i, obj in enumerate(profiles))
     ignored = [i for i, obj in enumerate(profiles) if "device" in obj]
     if ignored:
         logging.info(
-            "%s: field 'device' of profiles %s ignored: agents share one base model "
-            "placed by the device mesh", source, ignored)
+            "%s: field 'device' of profiles %s ignored: the device mesh places the base "
+            "models (a profile's own base is its field 'model')", source, ignored)
     return Team(profiles=parsed, source=source)
 
 
@@ -266,7 +288,7 @@ def _profile_from_dict(obj: Any, index: int, source: str) -> AgentProfile:
     if not isinstance(obj, dict):
         raise ConfigError(
             f"{source}: profile {index} must be a JSON object with fields 'role', 'prompt', "
-            f"'with_answer', got {_type_name(obj)}")
+            f"'with_answer', got {type_name(obj)}")
     where = _where(source, index, obj.get("role"))
     unknown = [key for key in obj if key not in _FIELDS + _IGNORED_FIELDS]
     if unknown:
@@ -282,7 +304,7 @@ def _profile_from_dict(obj: Any, index: int, source: str) -> AgentProfile:
         if value is not None:
             if not isinstance(value, list):
                 raise ConfigError(
-                    f"{where}: field {key!r} must be a list of roles, got {_type_name(value)}")
+                    f"{where}: field {key!r} must be a list of roles, got {type_name(value)}")
             value = tuple(value)
         lists[key] = value
     return AgentProfile(
@@ -295,6 +317,7 @@ def _profile_from_dict(obj: Any, index: int, source: str) -> AgentProfile:
         temperature=obj.get("temperature"),
         calls=lists["calls"],
         default_calls=lists["default_calls"],
+        model=obj.get("model"),
     )
 
 
@@ -305,7 +328,7 @@ def _validate_profile(profile: AgentProfile, where: str) -> None:
                           f"got {profile.role!r}")
     if not isinstance(profile.prompt, str):
         raise ConfigError(f"{where}: field 'prompt' must be a string, "
-                          f"got {_type_name(profile.prompt)}")
+                          f"got {type_name(profile.prompt)}")
     if not isinstance(profile.with_answer, bool):
         raise ConfigError(f"{where}: field 'with_answer' must be true or false, "
                           f"got {profile.with_answer!r}")
@@ -326,6 +349,10 @@ def _validate_profile(profile: AgentProfile, where: str) -> None:
     if not isinstance(profile.adapter, str) or not profile.adapter:
         raise ConfigError(f"{where}: field 'adapter' must be a non-empty string, "
                           f"got {profile.adapter!r}")
+    if profile.model is not None and (not isinstance(profile.model, str)
+                                      or not profile.model.strip()):
+        raise ConfigError(f"{where}: field 'model' must be a model name, a Hugging Face "
+                          f"directory or a .gguf file, got {profile.model!r}")
     tokens = profile.max_new_tokens
     if tokens is not None and (not isinstance(tokens, int) or isinstance(tokens, bool)
                                or tokens <= 0):
@@ -336,91 +363,3 @@ def _validate_profile(profile: AgentProfile, where: str) -> None:
                              or not math.isfinite(temp) or temp < 0):
         raise ConfigError(f"{where}: field 'temperature' must be a finite number >= 0, "
                           f"got {temp!r}")
-
-
-# Names the observation layouts, the chat templates and the files of a run use for
-# themselves (compared case-insensitively): a role or adapter named so would be confused
-# with them (a "judge" line, a "user" turn, the "answer" field of responses.jsonl).
-RESERVED_NAMES = frozenset({"system", "user", "assistant", "tool", "problem", "judge", "id",
-                            "sample", "answer", "score", "correct"})
-MAX_NAME_CHARS = 64
-
-
-def name_problem(name: str) -> str | None:
-    """Why a role or adapter name cannot be used, or None.
-
-    Names become file and folder names (exported adapters), JSON keys and metric names and
-    are written into every observation, so they must be short, visible, single-line text
-    without path syntax, and not a reserved name.
-    """
-    if len(name) > MAX_NAME_CHARS:
-        return f"is longer than {MAX_NAME_CHARS} characters"
-    if name != name.strip():
-        return "starts or ends with white space"
-    if name in (".", "..") or any(sep in name for sep in ("/", "\\")):
-        return "contains path syntax ('/', '\\', '.' or '..')"
-    bad = [c for c in name if unicodedata.category(c)[0] == "C"
-           or unicodedata.category(c) in ("Zl", "Zp")]
-    if bad:
-        return f"contains a control or invisible character (U+{ord(bad[0]):04X})"
-    if name.casefold() in RESERVED_NAMES:
-        return f"is reserved (reserved names: {', '.join(sorted(RESERVED_NAMES))})"
-    return None
-
-
-def _name_key(name: str) -> str:
-    """Names equal up to case and Unicode normalisation share a key."""
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
-def _validate_roles(profiles: tuple[AgentProfile, ...], source: str) -> None:
-    """Usable names (`name_problem`), unique roles (also up to case and Unicode
-    normalisation), adapter names that differ in more than that, and `depends_on` naming
-    only other, known roles, each once."""
-    first: dict[str, int] = {}
-    keys: dict[str, int] = {}
-    adapters: dict[str, str] = {}
-    for index, profile in enumerate(profiles):
-        where = _where(source, index, profile.role)
-        for field, name in (("role", profile.role), ("adapter", profile.adapter)):
-            problem = name_problem(name)
-            if problem:
-                raise ConfigError(f"{where}: field {field!r} ({name!r}) {problem}")
-        if profile.role in first:
-            raise ConfigError(
-                f"{where}: field 'role' repeats the role of "
-                f"profile {first[profile.role]}; roles must be unique")
-        key = _name_key(profile.role)
-        if key in keys:
-            raise ConfigError(
-                f"{where}: field 'role' equals the role of profile {keys[key]} up to case or "
-                "Unicode normalisation; roles must be distinct")
-        seen = adapters.setdefault(_name_key(profile.adapter), profile.adapter)
-        if seen != profile.adapter:
-            raise ConfigError(
-                f"{where}: field 'adapter' ({profile.adapter!r}) equals adapter {seen!r} up "
-                "to case or Unicode normalisation (exported folders would clash)")
-        first[profile.role] = index
-        keys[key] = index
-    for index, profile in enumerate(profiles):
-        where = _where(source, index, profile.role)
-        for k, dep in enumerate(profile.depends_on or ()):
-            if dep == profile.role:
-                raise ConfigError(f"{where}: field 'depends_on' names the role itself")
-            if dep not in first:
-                raise ConfigError(
-                    f"{where}: field 'depends_on' names unknown role {dep!r} "
-                    f"(roles: {', '.join(first)})")
-            if dep in profile.depends_on[:k]:
-                raise ConfigError(f"{where}: field 'depends_on' names {dep!r} twice")
-
-
-def _where(source: str, index: int, role: Any) -> str:
-    if isinstance(role, str) and role:
-        return f"{source}: profile {index} (role {role!r})"
-    return f"{source}: profile {index}"
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)

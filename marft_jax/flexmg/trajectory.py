@@ -40,6 +40,10 @@ class Trajectory:
             bootstrap state), left-padded.
         next_obs_mask: `[E, O]` bool.
         adapter_ids: `[A]` int32, the adapter each agent uses.
+        critic_obs_tokens: `[R, A, E, O]` int32, a heterogeneous team's observations in the
+            critic base's tokens (what the critic reads; `obs_tokens` holds each agent's
+            own base's tokens); None for a team on one base.
+        critic_obs_mask: `[R, A, E, O]` bool, or None.
     """
 
     # env_field(env axis, rank): where `parallel.Plan` splits the environments.
@@ -55,6 +59,8 @@ class Trajectory:
     next_obs_tokens: Array = env_field(0, 2)
     next_obs_mask: Array = env_field(0, 2)
     adapter_ids: Array = env_field(None, 1)  # replicated
+    critic_obs_tokens: Array | None = env_field(2, 4, default=None)
+    critic_obs_mask: Array | None = env_field(2, 4, default=None)
 
     @property
     def num_rounds(self) -> int:
@@ -81,6 +87,8 @@ class Trajectory:
         chex.assert_shape([self.dones, self.scores], (r, e))
         chex.assert_shape([self.next_obs_tokens, self.next_obs_mask], (e, o))
         chex.assert_shape(self.adapter_ids, (a,))
+        if self.critic_obs_tokens is not None:
+            chex.assert_shape([self.critic_obs_tokens, self.critic_obs_mask], (r, a, e, o))
         chex.assert_type([self.obs_tokens, self.action_tokens, self.next_obs_tokens,
                           self.adapter_ids], jnp.int32)
 
@@ -99,9 +107,15 @@ def trim_padding(traj: Trajectory, multiple: int = 32) -> Trajectory:
     # Reduced on the devices (not via NumPy), so it also works on multi-process arrays.
     longest = lambda mask: int(jnp.max(jnp.sum(mask, axis=-1, dtype=jnp.int32)))
     o = traj.obs_tokens.shape[-1]
-    keep_o = width(max(longest(traj.obs_mask), longest(traj.next_obs_mask)), o)
+    obs_masks = [traj.obs_mask, traj.next_obs_mask]
+    if traj.critic_obs_mask is not None:
+        obs_masks.append(traj.critic_obs_mask)
+    keep_o = width(max(longest(m) for m in obs_masks), o)
     k = traj.action_tokens.shape[-1]
     keep_k = width(longest(traj.action_mask), k)
+    if traj.critic_obs_tokens is not None:
+        traj = traj.replace(critic_obs_tokens=traj.critic_obs_tokens[..., o - keep_o:],
+                            critic_obs_mask=traj.critic_obs_mask[..., o - keep_o:])
     return traj.replace(
         obs_tokens=traj.obs_tokens[..., o - keep_o:], obs_mask=traj.obs_mask[..., o - keep_o:],
         next_obs_tokens=traj.next_obs_tokens[..., o - keep_o:],

@@ -46,7 +46,7 @@ FIELD_RULES: dict[str, Rule] = {
     "task.code_workers": POSITIVE_INT, "task.code_timeout_s": POSITIVE,
     "task.code_memory_mb": NON_NEGATIVE_INT,
     **{f"rollout.{n}": POSITIVE_INT for n in ("num_envs", "num_rounds", "horizon")},
-    "rollout.obs_tokens": NON_NEGATIVE_INT,
+    "rollout.obs_tokens": NON_NEGATIVE_INT, "rollout.cross_tokens": NON_NEGATIVE_INT,
     "sampling.max_new_tokens": POSITIVE_INT, "sampling.top_k": NON_NEGATIVE_INT,
     "sampling.temperature": NON_NEGATIVE, "sampling.top_p": Rule(low=0.0, high=1.0,
                                                                  low_open=True),
@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.team = ml_collections.ConfigDict(dict(
         profiles="math_dual", layout="chat",
         independent=False,  # True: no agent sees another's response (the IPPO baseline)
+        # Heterogeneous teams (profiles naming different `model`s): the base whose trunk
+        # the critic reads, as the profiles name it; "" = the first agent's base.
+        critic_base="",
     ))
     # The sections typed in `training.sections` (and `parallel.MeshConfig`) take their
     # fields and defaults from those dataclasses, documented there.
@@ -125,6 +128,7 @@ class Experiment:
     ppo: PPOConfig
     train: TrainConfig
     mesh: MeshConfig = MeshConfig()
+    critic_base: str = ""  # `team.critic_base` (heterogeneous teams)
     faults: dict[str, Any] = dataclasses.field(
         default_factory=lambda: dict(kind="none", iteration=1, agent=0, count=1))
 
@@ -272,12 +276,21 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
         _fail("ppo.num_minibatches", f"{ppo.num_minibatches} minibatches need at least as many "
                                      f"envs (rollout.num_envs={c.rollout.num_envs})")
 
-    return Experiment(
+    critic_base = c.team.get("critic_base", "")
+    if not isinstance(critic_base, str):
+        _fail("team.critic_base", f"must be a model name as the profiles write it, got "
+                                  f"{critic_base!r}")
+    exp = Experiment(
         config=c, seed=int(c.seed), model_name=str(c.model.name), dtype=c.model.dtype,
         tiny=dict(c.model.tiny) if c.model.name == "tiny" else None, lora=lora, team=team,
         layout=c.team.layout, task=task, rollout=from_section(RolloutSettings, c.rollout),
         sampling=from_section(SamplingConfig, c.sampling), ppo=ppo,
-        train=from_section(TrainConfig, c.train), mesh=_mesh_section(c), faults=faults)
+        train=from_section(TrainConfig, c.train), mesh=_mesh_section(c),
+        critic_base=critic_base, faults=faults)
+    from marft_jax.training.bases import check_heterogeneous
+
+    check_heterogeneous(exp)
+    return exp
 
 
 def _mesh_section(c) -> MeshConfig:

@@ -23,10 +23,9 @@ import numpy as np
 from absl import logging
 
 from marft_jax.envs.math.grader import SCORINGS, grade_answer
-from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.rollout import RolloutConfig
 from marft_jax.envs.registry import TaskSplit
-from marft_jax.training.setup import RunSetup, make_team_rollout
+from marft_jax.training.setup import RunSetup, make_team_rollout, start_game
 
 
 def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
@@ -65,7 +64,9 @@ class Evaluator:
         config = dataclasses.replace(self.setup.rollout_config, num_rounds=1, horizon=1,
                                      reward_placement="answering")
         rollout = make_team_rollout(self.setup, self.split, config, temperature, plan=self.plan)
-        self._rollout = jax.jit(rollout) if self.plan is None else self.plan.jit_rollout(rollout)
+        bases = 1 if self.setup.hetero is None else self.setup.hetero.groups.num_bases
+        self._rollout = jax.jit(rollout) if self.plan is None else \
+            self.plan.jit_rollout(rollout, num_bases=bases)
         self._config: RolloutConfig = config
         if self.greedy:
             self.samples = 1
@@ -107,15 +108,14 @@ class Evaluator:
             for c in range(chunks):
                 order = (jnp.arange(self.split.num_problems) + c * self.batch) % \
                     self.split.num_problems
-                game = init_game(setup.layout, self.split.table, self.batch, setup.state_size,
-                                 None, order=order)
+                game = start_game(setup, self.split, self.batch, None, order=order)
                 k = jax.random.fold_in(jax.random.fold_in(key, s), c)
                 if self.plan is None:
                     _, traj = self._rollout((base, lora), game, k)
                 else:
                     _, traj = self._rollout((base, lora), self.plan.place_game(game), k)
                     traj = self.plan.fetch_tree(traj)
-                ids = np.asarray(game.problem_id)
+                ids = np.asarray((game[0] if isinstance(game, tuple) else game).problem_id)
                 real = np.arange(self.batch) + c * self.batch < p
                 rows = ids[real]
                 scores[s, rows] = np.asarray(traj.scores[0])[real]
@@ -163,7 +163,8 @@ class Evaluator:
     def _responses(self, traj, ids, real, sample) -> list[dict[str, Any]]:
         """One record per real env: the problem, every agent's response, the score and each
         answering agent's correctness (math: the graded answer; code: all tests pass)."""
-        tok, team = self.setup.tokenizer, self.setup.exp.team
+        team, hetero = self.setup.exp.team, self.setup.hetero
+        tokenizer_of = (lambda i: self.setup.tokenizer) if hetero is None else hetero.tokenizer_of
         actions = np.asarray(traj.action_tokens[0])
         mask = np.asarray(traj.action_mask[0])
         rewards = np.asarray(traj.rewards[0])
@@ -172,7 +173,7 @@ class Evaluator:
             record = {**self._problem_fields(int(ids[e])), "sample": sample,
                       "score": float(np.asarray(traj.scores[0, e]))}
             for i, role in enumerate(team.roles):
-                record[role] = tok.decode(actions[i, e][mask[i, e]])
+                record[role] = tokenizer_of(i).decode(actions[i, e][mask[i, e]])
                 if team.answer_mask[i]:
                     record[f"correct/{role}"] = bool(rewards[i, e] > 0)
             out.append(record)

@@ -181,11 +181,13 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
     rollout = make_team_rollout(setup, setup.train, setup.rollout_config,
                                 float(exp.sampling.temperature), plan=plan)
     options: dict[str, Any] = {}
+    groups = None if setup.hetero is None else setup.hetero.groups
     if plan is not None:
-        rollout = plan.jit_rollout(rollout, group_size=problem_group_size(exp))
+        rollout = plan.jit_rollout(rollout, group_size=problem_group_size(exp),
+                                   num_bases=1 if groups is None else groups.num_bases)
         options = plan.update_options(state)
     elif host_steps:
         rollout = jax.jit(rollout)
-    update = make_update(setup.graphdef, ppo, exp.team.graph, **options)
+    update = make_update(setup.graphdef, ppo, exp.team.graph, groups=groups, **options)
     return Iteration(setup=setup, plan=plan, rollout=rollout, update=update, ppo=ppo,
                      host_steps=host_steps)

@@ -26,14 +26,13 @@ from absl import logging
 from marft_jax import parallel
 from marft_jax.algorithms.state import create_train_state
 from marft_jax.errors import ConfigError
-from marft_jax.flexmg.game import init_game
 from marft_jax.training import faults as fault_lib
 from marft_jax.training.checkpoint import RunCheckpointer, base_fingerprint
 from marft_jax.training.config import Experiment
 from marft_jax.training.evaluation import Evaluator
 from marft_jax.training.iteration import make_iteration, problem_group_size
 from marft_jax.training.run_dir import MetricsWriter, json_safe
-from marft_jax.training.setup import Phase, RunSetup, build_setup, sampling_key
+from marft_jax.training.setup import Phase, RunSetup, build_setup, sampling_key, start_game
 
 
 def run_key(seed: int, rollbacks: int = 0) -> jax.Array:
@@ -67,9 +66,8 @@ def initial_state(setup: RunSetup, plan: parallel.Plan | None = None):
     root = jax.random.key(exp.seed)
     state = create_train_state(exp.ppo, setup.lora, sampling_key(root, Phase.INIT_CRITIC),
                                setup.model_config.hidden_size, exp.team.num_agents)
-    game = init_game(setup.layout, setup.train.table, exp.rollout.num_envs,
-                     setup.state_size, sampling_key(root, Phase.INIT_GAME),
-                     group_size=problem_group_size(exp))
+    game = start_game(setup, setup.train, exp.rollout.num_envs,
+                      sampling_key(root, Phase.INIT_GAME), group_size=problem_group_size(exp))
     if plan is not None:
         state, game = plan.place_params(state), plan.place_game(game)
     return state, game
@@ -274,7 +272,8 @@ def train(exp: Experiment, run_dir: str | Path, *, resume: bool = False,
         out = iteration(setup.base, state, game, root, it, fault=fault, timed=True)
         state, game = out.state, out.game
         record = jax.tree_util.tree_map(plan.fetch, out.record)
-        if bool(np.any(plan.fetch(game.overflow))):
+        games = game if isinstance(game, tuple) else (game,)  # one per base
+        if any(bool(np.any(plan.fetch(g.overflow))) for g in games):
             raise RuntimeError("a game state outgrew its buffer (a bug in the size derivation)")
         fault_lib.kill_point("update", step)
         times.append(time.perf_counter() - t0)

@@ -62,6 +62,9 @@ class RolloutSettings:
         horizon: rounds per episode before it is cut.
         reward_placement: `flexmg.rollout.PLACEMENTS`.
         obs_tokens: observation width; 0 = derive the longest possible (`build_setup`).
+        cross_tokens: a heterogeneous team's width of a response carried into another
+            base's tokens (longer texts are cut, with a warning); 0 = twice
+            `sampling.max_new_tokens`.
     """
 
     num_envs: int = 8
@@ -69,6 +72,7 @@ class RolloutSettings:
     horizon: int = 3
     reward_placement: str = "last"
     obs_tokens: int = 0
+    cross_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ from absl import logging
 from marft_jax.algorithms import memory
 from marft_jax.envs.registry import TaskSplit, get_task
 from marft_jax.errors import ConfigError
-from marft_jax.flexmg.game import ProblemTable
+from marft_jax.flexmg.game import ProblemTable, init_game
+from marft_jax.flexmg.hetero import make_hetero_rollout
 from marft_jax.flexmg.layout import ObservationLayout, observation_capacity, state_capacity
 from marft_jax.flexmg.orchestration import host_router
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
@@ -23,6 +24,7 @@ from marft_jax.models.functional import init_model
 from marft_jax.parallel import Plan
 from marft_jax.sampling import (SamplerConfig, generate, generate_with_cache, init_cache,
                                 model_config)
+from marft_jax.training.bases import LoadedBase, groups_for, load_base
 from marft_jax.training.config import Experiment
 
 
@@ -44,6 +46,34 @@ class RunSetup:
     state_size: int
     base_source: str
     router: Any = None  # orchestrated teams: `flexmg.orchestration.Router`, else None
+    # Heterogeneous teams (`training.bases`): then graphdef, base, lora and layout are
+    # tuples (one per base), model_config is the critic base's and tokenizer, sampler,
+    # train / heldout's reward the first base's; see `HeteroParts` for the rest.
+    hetero: Any = None  # HeteroParts or None
+
+
+@dataclasses.dataclass(frozen=True)
+class HeteroParts:
+    """Per-base parts of a heterogeneous team's setup (index = base, `groups.names` order).
+
+    Attributes:
+        groups: which agent sits on which base, and the critic's base.
+        model_configs, tokenizers, samplers, pad_ids, state_sizes, sources: per base.
+        cross_width: C, the width of a response carried into another base as text.
+    """
+
+    groups: Any  # training.bases.BaseGroups
+    model_configs: tuple[ModelConfig, ...]
+    tokenizers: tuple[Any, ...]
+    samplers: tuple[SamplerConfig, ...]
+    pad_ids: tuple[int, ...]
+    state_sizes: tuple[int, ...]
+    sources: tuple[str, ...]
+    cross_width: int
+
+    def tokenizer_of(self, agent: int):
+        """The tokenizer of `agent`'s base."""
+        return self.tokenizers[self.groups.agent_base[agent]]
 
 
 def _model(exp: Experiment, vocab_needed: int):
@@ -80,7 +110,11 @@ def _model(exp: Experiment, vocab_needed: int):
 
 
 def build_setup(exp: Experiment) -> RunSetup:
-    """Loads the model and tokenizer, builds the tasks, the layout and the sampler config."""
+    """Loads the model and tokenizer, builds the tasks, the layout and the sampler config
+    (for a heterogeneous team, every base's: `build_hetero_setup`)."""
+    groups = groups_for(exp)
+    if groups is not None:
+        return build_hetero_setup(exp, groups)
     k = exp.sampling.max_new_tokens
     team = exp.team
     spec = get_task(exp.task.kind)
@@ -127,6 +161,92 @@ def build_setup(exp: Experiment) -> RunSetup:
                     base_source=source, router=router)
 
 
+def _obs_width(exp: Experiment, layout, problem_tokens: int, width: int) -> tuple[int, int]:
+    """`(state buffer size, longest observation)` of the team on `layout` with actions of
+    `width` tokens (the state holds all `horizon` rounds, an observation `horizon - 1`)."""
+    team, horizon = exp.team, exp.rollout.horizon
+    state_size = state_capacity(layout, problem_tokens, width, team.num_agents, horizon)
+    observed_state = state_capacity(layout, problem_tokens, width, team.num_agents, horizon - 1)
+    max_preds = max((len(d) for d in team.dependencies), default=0)
+    return state_size, observation_capacity(layout, observed_state, width, max_preds)
+
+
+def build_hetero_setup(exp: Experiment, groups) -> RunSetup:
+    """`build_setup` of a heterogeneous team: every base loaded (`training.bases`), the task
+    built once per base tokenizer (layouts and problem tables in each base's tokens; the
+    reward is the first base's), one observation width for all (the widest)."""
+    k = exp.sampling.max_new_tokens
+    spec = get_task(exp.task.kind)
+    cross = exp.rollout.cross_tokens or 2 * k
+    width = max(k, cross)
+    loaded, tasks = [], []
+    for b, name in enumerate(groups.names):
+        if name == exp.model_name:
+            cfg, graphdef, base, lora, tokenizer, source = _model(exp, spec.vocab_needed(exp))
+            loaded.append(LoadedBase(cfg, graphdef, base, lora, tokenizer, source))
+        else:
+            loaded.append(load_base(exp, name, b))
+        tasks.append(spec.build(exp, loaded[-1].tokenizer))
+    state_sizes, needed = [], 0
+    for task in tasks:
+        problem_tokens = max(task.train.table.tokens.shape[1],
+                             task.heldout.table.tokens.shape[1] if task.heldout else 0)
+        size, longest = _obs_width(exp, task.layout, problem_tokens, width)
+        state_sizes.append(size)
+        needed = max(needed, longest)
+    obs_tokens = exp.rollout.obs_tokens or -(-needed // 32) * 32
+    if obs_tokens < needed:
+        raise ConfigError(f"config field 'rollout.obs_tokens': {obs_tokens} is too small; "
+                          f"the longest observation of this team in any of its bases is "
+                          f"{needed} tokens (0 = derive it)")
+    for name, m in zip(groups.names, loaded):
+        if obs_tokens + k > m.config.max_position_embeddings:
+            raise ConfigError(f"config field 'team.profiles': an observation is up to "
+                              f"{obs_tokens} tokens, plus {k} generated, more than the "
+                              f"context of base {name!r} ({m.config.max_position_embeddings})")
+    first = tasks[0]
+    rollout_config = RolloutConfig(num_rounds=exp.rollout.num_rounds, horizon=exp.rollout.horizon,
+                                   obs_tokens=obs_tokens, action_tokens=k,
+                                   reward_placement=exp.rollout.reward_placement,
+                                   pad_id=first.pad_id)
+    largest = max(loaded, key=lambda m: m.config.hidden_size * m.config.num_layers)
+    exp = with_micro_batches(exp, largest.config, rollout_config)
+    samplers = tuple(SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
+                                   top_p=exp.sampling.top_p, stop_token_ids=t.stop_token_ids,
+                                   pad_token_id=t.pad_id) for t in tasks)
+    with_tables = lambda split, parts: None if split is None else dataclasses.replace(
+        split, tables=tuple(parts))
+    train = with_tables(first.train, [t.train.table for t in tasks])
+    heldout = with_tables(first.heldout, [t.heldout.table for t in tasks]
+                          if first.heldout else ())
+    groups = dataclasses.replace(groups, sources=tuple(m.source for m in loaded))
+    parts = HeteroParts(groups=groups, model_configs=tuple(m.config for m in loaded),
+                        tokenizers=tuple(m.tokenizer for m in loaded), samplers=samplers,
+                        pad_ids=tuple(t.pad_id for t in tasks), state_sizes=tuple(state_sizes),
+                        sources=groups.sources, cross_width=cross)
+    c = groups.critic_base
+    return RunSetup(exp=exp, model_config=loaded[c].config,
+                    graphdef=tuple(m.graphdef for m in loaded),
+                    base=tuple(m.params for m in loaded), lora=tuple(m.lora for m in loaded),
+                    tokenizer=loaded[0].tokenizer, layout=tuple(t.layout for t in tasks),
+                    train=train, heldout=heldout, sampler=samplers[0],
+                    rollout_config=rollout_config, state_size=max(state_sizes),
+                    base_source=loaded[0].source, hetero=parts)
+
+
+def start_game(setup: RunSetup, split: TaskSplit, num_envs: int, key: jax.Array | None,
+               order: jax.Array | None = None, group_size: int = 1):
+    """The initial game state of `num_envs` envs on `split` (see `flexmg.game.init_game`);
+    a heterogeneous team's is a tuple, one per base (its tokens, the same problems)."""
+    if setup.hetero is None:
+        return init_game(setup.layout, split.table, num_envs, setup.state_size, key,
+                         order=order, group_size=group_size)
+    return tuple(init_game(layout, table, num_envs, size, key, order=order,
+                           group_size=group_size)
+                 for layout, table, size in zip(setup.layout, split.tables,
+                                                setup.hetero.state_sizes))
+
+
 def with_micro_batches(exp: Experiment, model_config: ModelConfig,
                        rollout_config: RolloutConfig) -> Experiment:
     """`exp` with `ppo.grad_accum_steps = 0` resolved from `train.memory_budget_gb`
@@ -147,14 +267,15 @@ def with_micro_batches(exp: Experiment, model_config: ModelConfig,
 
 
 def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
-                     plan: Plan | None = None):
-    """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key)`.
+                     plan: Plan | None = None, base_index: int | None = None):
+    """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key)`
+    (of base `base_index` of a heterogeneous team).
 
     With a `plan`, prompt rows are split over the env shards and the KV cache is laid out
     by `parallel.KV_CACHE_SPEC` (rows on data × fsdp, KV heads on tp).
     """
     config = sampler or setup.sampler
-    graphdef = setup.graphdef
+    graphdef = setup.graphdef if base_index is None else setup.graphdef[base_index]
 
     def generate_fn(params, tokens, mask, adapter_ids, temperatures, max_new, key):
         base, lora = params
@@ -180,6 +301,18 @@ def make_team_rollout(setup: RunSetup, split: TaskSplit, config: RolloutConfig,
     device's own environments (`Plan.per_env`).
     """
     reward_fn = split.reward_fn if plan is None else plan.per_env(split.reward_fn)
+    if setup.hetero is not None:
+        h = setup.hetero
+        samplers = h.samplers if sampler is None else tuple(
+            dataclasses.replace(sampler, stop_token_ids=s.stop_token_ids,
+                                pad_token_id=s.pad_token_id) for s in h.samplers)
+        generate_fns = [make_generate_fn(setup, samplers[b], plan, b)
+                        for b in range(h.groups.num_bases)]
+        return make_hetero_rollout(setup.exp.team, h.groups, setup.layout, split.tables,
+                                   generate_fns, reward_fn, h.tokenizers, h.pad_ids, config,
+                                   h.cross_width,
+                                   max_new_tokens=setup.exp.sampling.max_new_tokens,
+                                   temperature=temperature)
     return make_rollout(setup.exp.team, setup.layout, split.table,
                         make_generate_fn(setup, sampler, plan), reward_fn, config,
                         max_new_tokens=setup.exp.sampling.max_new_tokens,
@@ -192,7 +325,8 @@ def word_counts(setup: RunSetup, traj) -> np.ndarray:
     mask = np.asarray(traj.action_mask)
     counts = np.zeros(actions.shape[:3], np.float32)
     for idx in np.ndindex(*actions.shape[:3]):
-        text = setup.tokenizer.decode(actions[idx][mask[idx]]) if setup.tokenizer else ""
+        tok = setup.tokenizer if setup.hetero is None else setup.hetero.tokenizer_of(idx[1])
+        text = tok.decode(actions[idx][mask[idx]]) if tok else ""
         counts[idx] = max(1, len(text.split()))
     return counts
 

@@ -10,11 +10,16 @@ step / step time) next to a large numpy copy's bandwidth measured in the same ru
 
     .venv/bin/python benchmarks/bench_generate.py --batches=8,32 --new_tokens=64 \
         --out=runs/bench_generate.json
+
+Sampler variants (`--decode_dtypes`, `--decode_chunks`, `--cache_dtypes`: every
+combination) run side by side in the same alternation, e.g. `--decode_chunks=0,64
+--cache_dtypes=float32,bfloat16 --skip_hf`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -39,6 +44,11 @@ def _args():
     p.add_argument("--prefill_dtype", default="float32", help="ours; 'none' = storage dtype")
     p.add_argument("--decode_dtypes", default="float32",
                    help="ours, each run side by side; 'none' = storage dtype")
+    p.add_argument("--decode_chunks", default="0",
+                   help="ours, each run side by side: SamplerConfig.decode_chunk (0 = off)")
+    p.add_argument("--cache_dtypes", default="none",
+                   help="ours, each run side by side: SamplerConfig.cache_dtype ('none' = "
+                        "the default, float32 on CPU)")
     p.add_argument("--loop", default="while", choices=("while", "scan"))
     p.add_argument("--hf_dtypes", default="bfloat16,float32",
                    help="transformers dtypes to run (the fastest is the baseline)")
@@ -137,13 +147,20 @@ def run_hf(model, tokens, mode: str, new: int):
     assert out.shape[1] == tokens.shape[1] + new
 
 
-def decode_bytes_per_step(loaded, batch: int, slots: int, decode_dtype: str | None) -> int:
-    """Weight bytes plus KV-cache bytes one decode step reads."""
+def decode_bytes_per_step(loaded, batch: int, config: SamplerConfig) -> float:
+    """Weight bytes plus KV-cache bytes one decode step reads (mean over the steps: with
+    `decode_chunk` a step reads the prompt's slots and its phase's filled chunks)."""
+    from marft_jax.sampling.generate import decode_chunks
+
     cfg = loaded.config
-    item = 2 if (decode_dtype or cfg.dtype) == "bfloat16" else 4
+    item = 2 if (config.decode_dtype or cfg.dtype) == "bfloat16" else 4
+    kv_item = 2 if config.cache_dtype == "bfloat16" else 4
     weights = sum(x.size for x in jax.tree.leaves(loaded.base)) * item
     lora = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(loaded.lora))
-    kv = batch * cfg.num_layers * 2 * cfg.num_kv_heads * slots * cfg.head_dim * item
+    chunks = decode_chunks(config)
+    ends = np.cumsum(chunks)
+    slots = ARGS.prompt_len + np.mean(np.repeat(ends, chunks)) if chunks else ARGS.prompt_len
+    kv = batch * cfg.num_layers * 2 * cfg.num_kv_heads * slots * cfg.head_dim * kv_item
     return weights + lora + kv
 
 
@@ -159,12 +176,17 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
             for mode in ARGS.modes.split(","):
                 row = dict(model=name, batch=batch, new_tokens=new, mode=mode,
                            prompt_len=ARGS.prompt_len, copy_gb_s=bandwidth, ours={}, hf={})
-                samplers = {}
-                for decode in ARGS.decode_dtypes.split(","):
+                samplers, configs = {}, {}
+                for decode, chunk, cache in itertools.product(
+                        ARGS.decode_dtypes.split(","), map(int, ARGS.decode_chunks.split(",")),
+                        ARGS.cache_dtypes.split(",")):
                     config = SamplerConfig(
                         max_new_tokens=new, top_k=TOP_K, greedy=mode == "greedy",
                         stop_token_ids=(), pad_token_id=0, loop=ARGS.loop,
-                        prefill_dtype=_none(ARGS.prefill_dtype), decode_dtype=_none(decode))
+                        prefill_dtype=_none(ARGS.prefill_dtype), decode_dtype=_none(decode),
+                        cache_dtype=_none(cache), decode_chunk=chunk)
+                    decode = f"{decode}/chunk={chunk}/cache={cache}"
+                    configs[decode] = config
                     buckets = dict(batch_buckets=(batch,), prompt_buckets=(ARGS.prompt_len,))
                     samplers[decode] = (Sampler(loaded.graphdef, config, **buckets),
                                         Sampler(loaded.graphdef,
@@ -190,8 +212,7 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
                 for decode, times in row["ours"].items():
                     t_ours, t_pre = np.median(times["total"]), np.median(times["prefill"])
                     step = (t_ours - t_pre) / max(new - 1, 1)
-                    gb_s = decode_bytes_per_step(loaded, batch, ARGS.prompt_len + new - 1,
-                                                 _none(decode)) / step / 1e9
+                    gb_s = decode_bytes_per_step(loaded, batch, configs[decode]) / step / 1e9
                     times.update(tok_s=batch * new / t_ours, prefill_s=t_pre,
                                  tok_s_fastest=batch * new / min(times["total"]),
                                  decode_step_ms=1e3 * step, decode_gb_s=gb_s,
@@ -243,7 +264,8 @@ def main():
         threads=ARGS.threads, jax=jax.__version__, torch=torch.__version__,
         xla_flags=os.environ.get("XLA_FLAGS", ""), copy_gb_s=bandwidth,
         ours=dict(dtype=ARGS.dtype, prefill_dtype=ARGS.prefill_dtype,
-                  decode_dtypes=ARGS.decode_dtypes, loop=ARGS.loop))
+                  decode_dtypes=ARGS.decode_dtypes, decode_chunks=ARGS.decode_chunks,
+                  cache_dtypes=ARGS.cache_dtypes, loop=ARGS.loop))
     print(json.dumps(meta), flush=True)
     results: list[dict] = []
     for name in ARGS.models.split(","):

@@ -298,3 +298,62 @@ def test_sampler_rows_do_not_depend_on_bucket_padding(model):
     # A second call reuses (donates) the kept cache and still gives the same result.
     again = sampler(base, lora, (tokens, mask), [0, 1, 2], jax.random.key(3), 0.7)
     _assert_generation_equal(via_sampler, again, atol=0)
+
+
+# ------------------------------------------- decode phases over a segmented, bf16 KV cache
+
+@pytest.mark.parametrize("loop,chunk", [("while", 3), ("while", 2 * N), ("scan", 4)])
+def test_decode_chunks_equal_one_phase_over_the_whole_cache(model, loop, chunk):
+    """Phases of 3 tokens (3 of them), one phase (a chunk beyond N), 4 + 4 + 1 (scan)."""
+    tokens, mask = _prompts(batch=3, length=6, seed=13)
+    config = DEFAULT.replace(loop=loop)
+    whole = _gen(model, tokens, mask, [0, 1, 2], jax.random.key(4), 0.9, [N, 5, 1], config)
+    chunked = _gen(model, tokens, mask, [0, 1, 2], jax.random.key(4), 0.9, [N, 5, 1],
+                   config.replace(decode_chunk=chunk))
+    _assert_generation_equal(whole, chunked)
+
+
+def test_decode_chunks_with_one_new_token(model):
+    tokens, mask = _prompts(batch=2, length=5, seed=14)
+    config = SamplerConfig(max_new_tokens=1, pad_token_id=0)
+    whole = _gen(model, tokens, mask, 0, jax.random.key(5), 0.9, 1, config)
+    chunked = _gen(model, tokens, mask, 0, jax.random.key(5), 0.9, 1,
+                   config.replace(decode_chunk=4))
+    _assert_generation_equal(whole, chunked)
+
+
+@pytest.mark.parametrize("decode_chunk", [0, 4])
+def test_bfloat16_cache_logprobs_agree_with_the_float32_forward(model, decode_chunk):
+    """A bf16 KV cache (stored as uint16 bits) gives the log-probs of its own tokens within
+    0.05 nats of the full float32 forward; the float32 cache agrees to 1e-4 (above)."""
+    graphdef, base, lora = model
+    tokens, mask = _prompts(batch=4, length=7, seed=15)
+    ids = np.array([0, 2, -1, 1])
+    config = DEFAULT.replace(cache_dtype="bfloat16", decode_chunk=decode_chunk)
+    gen = _gen(model, tokens, mask, ids, jax.random.key(6), 0.8, N, config)
+    full_tokens = jnp.concatenate([jnp.asarray(tokens), gen.tokens], axis=1)
+    full_mask = jnp.concatenate([jnp.asarray(mask), gen.mask], axis=1)
+    logits = F.sequence_logits(graphdef, base, lora, full_tokens, full_mask, jnp.asarray(ids))
+    p = tokens.shape[1]
+    policy = jnp.take_along_axis(jax.nn.log_softmax(logits[:, p - 1:p - 1 + N]),
+                                 gen.tokens[..., None], -1)[..., 0]
+    m = np.asarray(gen.mask)
+    err = np.abs(np.asarray(gen.policy_logprobs)[m] - np.asarray(policy)[m])
+    assert err.max() < 0.05 and err.max() > 0  # bf16 rounding shows, within tolerance
+
+
+def test_bfloat16_cache_is_stored_as_bits_and_reused_by_the_sampler(model):
+    from marft_jax.models.decoder import BF16_BITS
+
+    graphdef, base, lora = model
+    config = SamplerConfig(max_new_tokens=N, pad_token_id=0, cache_dtype="bfloat16",
+                           decode_chunk=4)
+    sampler = Sampler(graphdef, config, batch_buckets=(4,), prompt_buckets=(8,))
+    prompts = [[5, 6, 7], [8, 9], [10], [11, 12, 13, 14]]
+    first = sampler(base, lora, prompts, [0, 1, 2, 0], jax.random.key(7))
+    again = sampler(base, lora, prompts, [0, 1, 2, 0], jax.random.key(7))
+    assert sampler.compile_count == 1
+    _assert_generation_equal(first, again, atol=0)
+    cache = sampler._caches[(4, 8)]
+    assert cache.segment_slots == (8, 4, 4, 1)
+    assert all(x.dtype == BF16_BITS for x in jax.tree.leaves(cache))

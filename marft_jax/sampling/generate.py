@@ -43,14 +43,31 @@ def cache_slots(prompt_len: int, config: SamplerConfig) -> int:
     return prompt_len + config.max_new_tokens - 1
 
 
+def decode_chunks(config: SamplerConfig) -> tuple[int, ...]:
+    """Slot counts of the generated tokens' cache segments, one decode phase each.
+
+    `(N - 1,)` without `config.decode_chunk` (one phase over the whole cache); else chunks
+    of `decode_chunk` slots, the last one shorter. Empty when N = 1 (no decode step).
+    """
+    steps = config.max_new_tokens - 1
+    c = config.decode_chunk or max(steps, 1)
+    return tuple(min(c, steps - start) for start in range(0, steps, c))
+
+
 def init_cache(model_cfg: ModelConfig, batch: int, prompt_len: int,
                config: SamplerConfig) -> KVCache:
-    """A zero cache for `generate_with_cache` (distinct buffers per leaf, safe to donate)."""
+    """A zero cache for `generate_with_cache` (distinct buffers per leaf, safe to donate).
+
+    With `config.decode_chunk` it is segmented: the prompt's P slots, then the chunks of
+    `decode_chunks(config)`.
+    """
     name = config.cache_dtype
     if name is None:
         name = "float32" if jax.default_backend() == "cpu" else (
             config.decode_dtype or model_cfg.dtype)
-    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config), DTYPES[name])
+    segments = (prompt_len,) + decode_chunks(config) if config.decode_chunk else None
+    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config), DTYPES[name],
+                         segments)
 
 
 def cast_params(tree, dtype_name: str | None):
@@ -118,9 +135,11 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     chex.assert_rank(prompt_tokens, 2)
     b, p = prompt_tokens.shape
     n = config.max_new_tokens
-    if cache.slots != cache_slots(p, config) or cache.keys[0].shape[0] != b:
-        raise ValueError(f"generate: cache holds {cache.keys[0].shape[0]} rows x "
-                         f"{cache.slots} slots; need {b} x {cache_slots(p, config)}")
+    segmented = bool(config.decode_chunk)
+    want = (p,) + decode_chunks(config) if segmented else (cache_slots(p, config),)
+    if cache.segment_slots != want or cache.batch != b:
+        raise ValueError(f"generate: cache holds {cache.batch} rows x "
+                         f"{cache.segment_slots} slots; need {b} x {want}")
     chex.assert_shape(prompt_mask, (b, p))
     chex.assert_type(prompt_tokens, int)
     prompt_mask = prompt_mask.astype(bool)
@@ -135,12 +154,20 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     # P + N - 1 of the full cache), copied into the full cache afterwards.
     pre_base = cast_params(base, config.prefill_dtype) if prefill_base is None else prefill_base
     pre_lora = cast_params(lora, config.prefill_dtype)
-    prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
-                                   for x in leaves) for leaves in (cache.keys, cache.values)))
+    if segmented:  # the prompt segment is the prefill's cache (every slot is written)
+        prompt_cache = KVCache(*(tuple(x[0] for x in leaves)
+                                 for leaves in (cache.keys, cache.values)))
+    else:
+        prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
+                                       for x in leaves)
+                                 for leaves in (cache.keys, cache.values)))
     hidden, prompt_cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
                                    positions_from_mask(prompt_mask), adapter_ids, prompt_mask,
                                    prompt_cache, 0)
-    put = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
+    if segmented:
+        put = lambda full, part: (part,) + full[1:]
+    else:
+        put = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
     cache = KVCache(tuple(map(put, cache.keys, prompt_cache.keys)),
                     tuple(map(put, cache.values, prompt_cache.values)))
     kv_valid = jnp.zeros((b, slots), bool).at[:, :p].set(prompt_mask)
@@ -165,12 +192,17 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     dec_lora = cast_params(lora, config.decode_dtype)
     generated = jnp.arange(n - 1)  # [N - 1] cache slot offsets of generated tokens
 
-    def step_fn(s: _State) -> _State:
-        # Feed token `s.step` (at slot p + s.step) and sample token `s.step + 1`.
-        valid = kv_valid.at[:, p:].set(generated[None, :] <= s.step)  # [batch, slots]
+    def step_fn(s: _State, end: int, view: tuple[int, int] | None) -> _State:
+        # Feed token `s.step` (at slot p + s.step) and sample token `s.step + 1`; attend
+        # over the prompt and the first `end` generated slots.
+        if view is None:
+            valid = kv_valid.at[:, p:].set(generated[None, :] <= s.step)  # [batch, slots]
+        else:
+            valid = jnp.concatenate([prompt_mask, jnp.broadcast_to(
+                generated[None, :end] <= s.step, (b, end))], axis=1)  # [batch, p + end]
         positions = (prompt_len + s.step)[:, None]  # [batch, 1]
         hidden, cache = forward(graphdef, dec_base, dec_lora, s.last[:, None], positions,
-                                adapter_ids, valid, s.cache, p + s.step)
+                                adapter_ids, valid, s.cache, p + s.step, cache_view=view)
         logits = lm_logits(graphdef, dec_base, dec_lora, hidden)[:, 0]  # [batch, vocab]
         return _sample(s.replace(cache=cache), logits, keys, temperatures, max_new,
                        s.step + 1, config)
@@ -178,13 +210,27 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     def running(s: _State) -> Array:
         return (s.step + 1 < n) & ~jnp.all(s.done)
 
-    if config.loop == "while":
-        state = jax.lax.while_loop(running, step_fn, state)
+    # One loop per phase: decode steps [start, end) attend over the prompt and the
+    # generated slots before `end` (segments 1..j+1 of a segmented cache).
+    if segmented:
+        ends = [sum(decode_chunks(config)[:j + 1]) for j in range(len(decode_chunks(config)))]
+        phases = [(end, (j + 1, j + 2)) for j, end in enumerate(ends)]
     else:
-        def scan_body(s, _):
-            return jax.lax.cond(running(s), step_fn, lambda x: x, s), None
+        phases = [(n - 1, None)]
+    start = 0
+    for end, view in phases:
+        body = lambda s, end=end, view=view: step_fn(s, end, view)
+        cond = running if view is None else (
+            lambda s, end=end: running(s) & (s.step < end))
+        if config.loop == "while":
+            state = jax.lax.while_loop(cond, body, state)
+        else:
+            def scan_body(s, _, body=body, cond=cond):
+                return jax.lax.cond(cond(s), body, lambda x: x, s), None
 
-        state, _ = jax.lax.scan(scan_body, state, None, length=n - 1, unroll=config.unroll)
+            state, _ = jax.lax.scan(scan_body, state, None, length=end - start,
+                                    unroll=config.unroll)
+        start = end
     return state.out, state.cache
 
 

@@ -48,6 +48,7 @@ FIELD_RULES: dict[str, Rule] = {
     **{f"rollout.{n}": POSITIVE_INT for n in ("num_envs", "num_rounds", "horizon")},
     "rollout.obs_tokens": NON_NEGATIVE_INT,
     "sampling.max_new_tokens": POSITIVE_INT, "sampling.top_k": NON_NEGATIVE_INT,
+    "sampling.decode_chunk": NON_NEGATIVE_INT,
     "sampling.temperature": NON_NEGATIVE, "sampling.top_p": Rule(low=0.0, high=1.0,
                                                                  low_open=True),
     **{f"ppo.{n}": rule for n, rule in PPO_RULES.items()},

@@ -80,12 +80,16 @@ class SamplingConfig:
         temperature: the training rollouts' temperature (and sampled evaluation's).
         top_k: 0 = off.
         top_p: nucleus mass in (0, 1].
+        decode_chunk: the sampler's decode phases (`sampling.SamplerConfig.decode_chunk`):
+            0 = every step attends over the whole KV cache; c > 0 = phases of c tokens
+            that attend over the filled cache chunks only.
     """
 
     max_new_tokens: int = 256
     temperature: float = 0.5
     top_k: int = 50
     top_p: float = 1.0
+    decode_chunk: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

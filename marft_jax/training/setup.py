@@ -117,7 +117,7 @@ def build_setup(exp: Experiment) -> RunSetup:
     exp = with_micro_batches(exp, cfg, rollout_config)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,
-                            pad_token_id=pad)
+                            pad_token_id=pad, decode_chunk=exp.sampling.decode_chunk)
     router = None
     if team.orchestrator is not None:  # the task's own router, else the host-parsed text
         router = task.router or host_router(team, tokenizer)

@@ -49,6 +49,10 @@ def _args():
     p.add_argument("--cache_dtypes", default="none",
                    help="ours, each run side by side: SamplerConfig.cache_dtype ('none' = "
                         "the default, float32 on CPU)")
+    p.add_argument("--shared_prefix", type=int, default=0,
+                   help="rows share their first L prompt tokens; ours runs each sampler "
+                        "config with that prefix prefilled once (prefix=on) and without "
+                        "(prefix=off), both as a jitted `generate` (0 = off)")
     p.add_argument("--loop", default="while", choices=("while", "scan"))
     p.add_argument("--hf_dtypes", default="bfloat16,float32",
                    help="transformers dtypes to run (the fastest is the baseline)")
@@ -135,6 +139,33 @@ def run_ours(sampler: Sampler, loaded, tokens, mode: str, new: int, key: int):
     return gen
 
 
+class PrefixRunner:
+    """`Sampler`'s call signature over a jitted `generate` whose rows share their first
+    `length` prompt tokens: with `shared`, that prefix is prefilled once (`SharedPrefix`),
+    else every row prefills its whole prompt (the same jitted path, for a fair "off")."""
+
+    def __init__(self, graphdef, config: SamplerConfig, length: int, shared: bool):
+        from marft_jax.sampling import generate
+
+        self.graphdef, self.config, self.length, self.shared = graphdef, config, length, shared
+        self.fn = jax.jit(generate, static_argnums=0, static_argnames="config")
+
+    def __call__(self, base, lora, prompts, adapter, key, temps, new):
+        from marft_jax.sampling import SharedPrefix
+
+        tokens, mask = (np.asarray(x) for x in prompts)
+        b, l = tokens.shape[0], self.length
+        prefix = None
+        if self.shared:
+            assert (tokens[:, :l] == tokens[:1, :l]).all()
+            prefix = SharedPrefix(tokens=tokens[:1, :l], mask=mask[:1, :l],
+                                  adapter_ids=np.full((1,), adapter, np.int32),
+                                  group=np.zeros((b,), np.int32))
+            tokens, mask = tokens[:, l:], mask[:, l:]
+        return self.fn(self.graphdef, base, lora, tokens, mask, np.int32(adapter), key,
+                       np.float32(temps), np.int32(new), config=self.config, prefix=prefix)
+
+
 def run_hf(model, tokens, mode: str, new: int):
     import torch
 
@@ -188,9 +219,21 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
                     decode = f"{decode}/chunk={chunk}/cache={cache}"
                     configs[decode] = config
                     buckets = dict(batch_buckets=(batch,), prompt_buckets=(ARGS.prompt_len,))
-                    samplers[decode] = (Sampler(loaded.graphdef, config, **buckets),
-                                        Sampler(loaded.graphdef,
-                                                config.replace(max_new_tokens=1), **buckets))
+                    if ARGS.shared_prefix:
+                        tokens[:, :ARGS.shared_prefix] = tokens[0, :ARGS.shared_prefix]
+                        configs[decode + "/prefix=on"] = configs.pop(decode)
+                        configs[decode + "/prefix=off"] = config
+                        for shared in ("on", "off"):
+                            samplers[f"{decode}/prefix={shared}"] = tuple(
+                                PrefixRunner(loaded.graphdef, c, ARGS.shared_prefix,
+                                             shared == "on")
+                                for c in (config, config.replace(max_new_tokens=1)))
+                    else:
+                        samplers[decode] = (Sampler(loaded.graphdef, config, **buckets),
+                                            Sampler(loaded.graphdef,
+                                                    config.replace(max_new_tokens=1),
+                                                    **buckets))
+                for decode in samplers:
                     t0 = time.perf_counter()
                     run_ours(samplers[decode][0], loaded, tokens, mode, new, 0)
                     run_ours(samplers[decode][1], loaded, tokens, mode, 1, 0)
@@ -265,7 +308,8 @@ def main():
         xla_flags=os.environ.get("XLA_FLAGS", ""), copy_gb_s=bandwidth,
         ours=dict(dtype=ARGS.dtype, prefill_dtype=ARGS.prefill_dtype,
                   decode_dtypes=ARGS.decode_dtypes, decode_chunks=ARGS.decode_chunks,
-                  cache_dtypes=ARGS.cache_dtypes, loop=ARGS.loop))
+                  cache_dtypes=ARGS.cache_dtypes, shared_prefix=ARGS.shared_prefix,
+                  loop=ARGS.loop))
     print(json.dumps(meta), flush=True)
     results: list[dict] = []
     for name in ARGS.models.split(","):

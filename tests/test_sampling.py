@@ -357,3 +357,28 @@ def test_bfloat16_cache_is_stored_as_bits_and_reused_by_the_sampler(model):
     cache = sampler._caches[(4, 8)]
     assert cache.segment_slots == (8, 4, 4, 1)
     assert all(x.dtype == BF16_BITS for x in jax.tree.leaves(cache))
+
+
+# ------------------------------------------------------- shared prefixes, prefilled once
+
+@pytest.mark.parametrize("decode_chunk", [0, 4])
+def test_shared_prefix_generates_like_the_concatenated_prompts(model, decode_chunk):
+    from marft_jax.sampling import SharedPrefix
+
+    graphdef, base, lora = model
+    prefix_tokens = np.array([[0, 0, 21, 22, 23], [31, 32, 33, 34, 35]], np.int32)
+    prefix_mask = prefix_tokens > 0  # group 0 left-padded
+    group = np.array([0, 1, 1, 0])
+    group_ids = np.array([2, BASE_ADAPTER])
+    tokens, mask = _prompts(batch=4, length=6, seed=16)  # own prompts, left-padded
+    config = DEFAULT.replace(decode_chunk=decode_chunk)
+    prefix = SharedPrefix(tokens=jnp.asarray(prefix_tokens), mask=jnp.asarray(prefix_mask),
+                          adapter_ids=jnp.asarray(group_ids), group=jnp.asarray(group))
+    run = jax.jit(generate, static_argnums=0, static_argnames="config")
+    args = (jnp.asarray(group_ids[group]), jax.random.key(8), jnp.float32(0.9),
+            jnp.int32(N))
+    shared = run(graphdef, base, lora, jnp.asarray(tokens), jnp.asarray(mask), *args,
+                 config=config, prefix=prefix)
+    full = run(graphdef, base, lora, jnp.concatenate([prefix_tokens[group], tokens], 1),
+               jnp.concatenate([prefix_mask[group], mask], 1), *args, config=config)
+    _assert_generation_equal(shared, full)

@@ -17,7 +17,7 @@ from marft_jax.models.config import DTYPES, ModelConfig
 from marft_jax.models.decoder import KVCache
 from marft_jax.models.functional import forward, lm_logits, positions_from_mask
 from marft_jax.sampling import distributions as D
-from marft_jax.sampling.types import Generation, SamplerConfig
+from marft_jax.sampling.types import Generation, SamplerConfig, SharedPrefix
 
 Array = jax.Array
 
@@ -123,26 +123,34 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
                         prompt_mask: Array, adapter_ids: Array, key: Array,
                         temperatures: Array, max_new: Array, cache: KVCache, *,
                         config: SamplerConfig,
-                        prefill_base: nnx.State | None = None) -> tuple[Generation, KVCache]:
+                        prefill_base: nnx.State | None = None,
+                        prefix: SharedPrefix | None = None) -> tuple[Generation, KVCache]:
     """`generate` over a caller-provided cache, returned for reuse (donate it under jit).
 
-    The cache's slots must equal `cache_slots(P, config)`. Its old contents need not be
-    zero: slots are masked until written, and masked attention weights are exactly 0.
+    The cache's slots must equal `cache_slots(P, config)` (P: the prompt width, plus the
+    prefix's L with a `prefix`). Its old contents need not be zero: slots are masked until
+    written, and masked attention weights are exactly 0.
     `prefill_base` is `base` already cast to `config.prefill_dtype` (a caller that keeps
     it across calls saves the cast of every weight on each call; the decode steps use it
-    too when `decode_dtype == prefill_dtype`); None casts inside.
+    too when `decode_dtype == prefill_dtype`); None casts inside. `prefix`: see
+    `generate`.
     """
     chex.assert_rank(prompt_tokens, 2)
     b, p = prompt_tokens.shape
+    chex.assert_shape(prompt_mask, (b, p))
+    prompt_mask = prompt_mask.astype(bool)
+    if prefix is not None:
+        chex.assert_shape(prefix.group, (b,))
+        prompt_mask = jnp.concatenate([prefix.mask.astype(bool)[prefix.group], prompt_mask],
+                                      axis=1)  # [batch, L + P]
+        p = prefix.length + p
     n = config.max_new_tokens
     segmented = bool(config.decode_chunk)
     want = (p,) + decode_chunks(config) if segmented else (cache_slots(p, config),)
     if cache.segment_slots != want or cache.batch != b:
         raise ValueError(f"generate: cache holds {cache.batch} rows x "
                          f"{cache.segment_slots} slots; need {b} x {want}")
-    chex.assert_shape(prompt_mask, (b, p))
     chex.assert_type(prompt_tokens, int)
-    prompt_mask = prompt_mask.astype(bool)
     adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
     temperatures = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (b,))
     max_new = jnp.minimum(jnp.broadcast_to(jnp.asarray(max_new, jnp.int32), (b,)), n)
@@ -154,16 +162,22 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     # P + N - 1 of the full cache), copied into the full cache afterwards.
     pre_base = cast_params(base, config.prefill_dtype) if prefill_base is None else prefill_base
     pre_lora = cast_params(lora, config.prefill_dtype)
-    if segmented:  # the prompt segment is the prefill's cache (every slot is written)
-        prompt_cache = KVCache(*(tuple(x[0] for x in leaves)
-                                 for leaves in (cache.keys, cache.values)))
+    if prefix is not None:
+        hidden, prompt_cache = _prefill_with_prefix(graphdef, pre_base, pre_lora, prefix,
+                                                    prompt_tokens, prompt_mask, adapter_ids,
+                                                    cache)
     else:
-        prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
-                                       for x in leaves)
-                                 for leaves in (cache.keys, cache.values)))
-    hidden, prompt_cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
-                                   positions_from_mask(prompt_mask), adapter_ids, prompt_mask,
-                                   prompt_cache, 0)
+        if segmented:  # the prompt segment is the prefill's cache (every slot is written)
+            prompt_cache = KVCache(*(tuple(x[0] for x in leaves)
+                                     for leaves in (cache.keys, cache.values)))
+        else:
+            prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
+                                           for x in leaves)
+                                     for leaves in (cache.keys, cache.values)))
+        hidden, prompt_cache = forward(graphdef, pre_base, pre_lora,
+                                       prompt_tokens.astype(jnp.int32),
+                                       positions_from_mask(prompt_mask), adapter_ids,
+                                       prompt_mask, prompt_cache, 0)
     if segmented:
         put = lambda full, part: (part,) + full[1:]
     else:
@@ -234,9 +248,43 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     return state.out, state.cache
 
 
+def _prefill_with_prefix(graphdef, base, lora, prefix: SharedPrefix, tokens: Array,
+                         mask: Array, adapter_ids: Array, cache: KVCache
+                         ) -> tuple[Array, KVCache]:
+    """Prefill of `[prefix ; prompt]` rows that runs each group's prefix once.
+
+    Args:
+        tokens: `[batch, P]` the rows' own prompt tokens.
+        mask: `[batch, L + P]` the rows' full masks (prefix columns first).
+        cache: the full cache (only its dtype and layout are used).
+
+    Returns:
+        `(hidden [batch, L + P, H], prompt cache with L + P slots per row)`.
+    """
+    g, l = prefix.tokens.shape
+    prefix_mask = prefix.mask.astype(bool)
+    zeros = lambda x, rows, slots: jnp.zeros((rows, x.shape[1], slots, x.shape[3]), x.dtype)
+    first = lambda entry: entry[0] if isinstance(entry, tuple) else entry
+    group_cache = KVCache(*(tuple(zeros(first(x), g, l) for x in leaves)
+                            for leaves in (cache.keys, cache.values)))
+    group_hidden, group_cache = forward(  # [G, L, H]: each prefix once
+        graphdef, base, lora, prefix.tokens.astype(jnp.int32),
+        positions_from_mask(prefix_mask), prefix.adapter_ids, prefix_mask, group_cache, 0)
+    # Broadcast to the rows: [batch, kv_heads, L + P, head_dim], prefix slots filled.
+    p = tokens.shape[1]
+    rows = lambda x: jnp.concatenate([x[prefix.group], zeros(x, tokens.shape[0], p)], axis=2)
+    row_cache = KVCache(tuple(map(rows, group_cache.keys)),
+                        tuple(map(rows, group_cache.values)))
+    positions = positions_from_mask(mask)[:, l:]  # [batch, P], counting the prefix
+    hidden, row_cache = forward(graphdef, base, lora, tokens.astype(jnp.int32), positions,
+                                adapter_ids, mask, row_cache, l)
+    return jnp.concatenate([group_hidden[prefix.group], hidden], axis=1), row_cache
+
+
 def generate(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
              prompt_mask: Array, adapter_ids: Array, key: Array, temperatures: Array,
-             max_new: Array, *, config: SamplerConfig) -> Generation:
+             max_new: Array, *, config: SamplerConfig,
+             prefix: SharedPrefix | None = None) -> Generation:
     """Samples up to `config.max_new_tokens` tokens per row; pure and jittable.
 
     Args:
@@ -251,13 +299,18 @@ def generate(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
         max_new: `[batch]` int32 per-row token limit (clipped to `config.max_new_tokens`;
             <= 0: the row generates nothing), or a scalar.
         config: static settings.
+        prefix: a `SharedPrefix` of groups of rows (their prompts are `prefix ; prompt`),
+            prefilled once per group and broadcast to its rows: the same generation as
+            the concatenated prompts (up to float rounding), with a prefill of
+            `G x L + batch x P` tokens instead of `batch x (L + P)`. None: no prefix.
 
     Returns:
         A `Generation` with `[batch, config.max_new_tokens]` fields.
     """
     cfg = model_config(graphdef, base, lora)
-    cache = init_cache(cfg, prompt_tokens.shape[0], prompt_tokens.shape[1], config)
+    p = prompt_tokens.shape[1] + (0 if prefix is None else prefix.length)
+    cache = init_cache(cfg, prompt_tokens.shape[0], p, config)
     out, _ = generate_with_cache(graphdef, base, lora, prompt_tokens, prompt_mask,
                                  adapter_ids, key, temperatures, max_new, cache,
-                                 config=config)
+                                 config=config, prefix=prefix)
     return out

@@ -114,3 +114,28 @@ class Generation:
     logprobs: Array
     policy_logprobs: Array | None
     lengths: Array
+
+
+@struct.dataclass
+class SharedPrefix:
+    """Prompt tokens shared by groups of rows: prefilled once per group, then broadcast.
+
+    Row r's prompt is `tokens[group[r]]` followed by its own prompt row; a group's prefix
+    runs with `adapter_ids[g]`, which must be the adapter of every row in the group (the
+    prefix's keys and values depend on it).
+
+    Attributes:
+        tokens: `[G, L]` int32 prefix ids (padding anywhere, usually left).
+        mask: `[G, L]` bool, true for real prefix tokens.
+        adapter_ids: `[G]` int32 adapter of each group (< 0: base model).
+        group: `[batch]` int32 group of each row.
+    """
+
+    tokens: Array
+    mask: Array
+    adapter_ids: Array
+    group: Array
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]

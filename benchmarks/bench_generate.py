@@ -11,6 +11,9 @@ step / step time) next to a large numpy copy's bandwidth measured in the same ru
     .venv/bin/python benchmarks/bench_generate.py --batches=8,32 --new_tokens=64 \
         --out=runs/bench_generate.json
 
+Our runs also record the process's CPU time (all threads; `time.process_time`), which on a
+machine shared with other work is steadier than wall time (medians printed as "CPU time").
+
 Sampler variants (`--decode_dtypes`, `--decode_chunks`, `--cache_dtypes`: every
 combination) run side by side in the same alternation, e.g. `--decode_chunks=0,64
 --cache_dtypes=float32,bfloat16 --skip_hf`.
@@ -245,10 +248,14 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
                 for rep in range(ARGS.repeats):
                     for decode, (full, first) in samplers.items():
                         times = row["ours"][decode]
+                        cpu0 = time.process_time()
                         times["total"].append(_timed(
                             lambda: run_ours(full, loaded, tokens, mode, new, rep + 1)))
+                        cpu1 = time.process_time()
                         times["prefill"].append(_timed(
                             lambda: run_ours(first, loaded, tokens, mode, 1, rep + 1)))
+                        times.setdefault("total_cpu", []).append(cpu1 - cpu0)
+                        times.setdefault("prefill_cpu", []).append(time.process_time() - cpu1)
                     for dtype, model in hf_models.items():
                         row["hf"][dtype]["total"].append(
                             _timed(lambda: run_hf(model, tokens, mode, new)))
@@ -256,6 +263,9 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
                     t_ours, t_pre = np.median(times["total"]), np.median(times["prefill"])
                     step = (t_ours - t_pre) / max(new - 1, 1)
                     gb_s = decode_bytes_per_step(loaded, batch, configs[decode]) / step / 1e9
+                    c_ours, c_pre = np.median(times["total_cpu"]), np.median(times["prefill_cpu"])
+                    times.update(cpu_s=c_ours, prefill_cpu_s=c_pre,
+                                 decode_step_cpu_ms=1e3 * (c_ours - c_pre) / max(new - 1, 1))
                     times.update(tok_s=batch * new / t_ours, prefill_s=t_pre,
                                  tok_s_fastest=batch * new / min(times["total"]),
                                  decode_step_ms=1e3 * step, decode_gb_s=gb_s,
@@ -285,7 +295,9 @@ def _format(row: dict) -> str:
             f"{head} ours[decode={decode}] {t['tok_s']:7.1f} tok/s (fastest run "
             f"{t['tok_s_fastest']:.1f}; prefill "
             f"{t['prefill_s']:.2f} s, decode {t['decode_step_ms']:.1f} ms/step, "
-            f"{t['decode_gb_s']:.1f} GB/s = {100 * t['decode_fraction_of_copy_bw']:.0f}% of copy)")
+            f"{t['decode_gb_s']:.1f} GB/s = {100 * t['decode_fraction_of_copy_bw']:.0f}% of copy)"
+            f"; CPU time: {t['cpu_s']:.2f} s a call, prefill {t['prefill_cpu_s']:.2f} s, "
+            f"decode {t['decode_step_cpu_ms']:.1f} ms/step")
     for dtype, t in row["hf"].items():
         lines.append(f"{head} hf[{dtype}] {t['tok_s']:7.1f} tok/s (fastest run "
                      f"{t['tok_s_fastest']:.1f})")

@@ -46,7 +46,7 @@ FIELD_RULES: dict[str, Rule] = {
     "task.code_workers": POSITIVE_INT, "task.code_timeout_s": POSITIVE,
     "task.code_memory_mb": NON_NEGATIVE_INT,
     **{f"rollout.{n}": POSITIVE_INT for n in ("num_envs", "num_rounds", "horizon")},
-    "rollout.obs_tokens": NON_NEGATIVE_INT,
+    "rollout.obs_tokens": NON_NEGATIVE_INT, "rollout.shared_prefix": FLAG,
     "sampling.max_new_tokens": POSITIVE_INT, "sampling.top_k": NON_NEGATIVE_INT,
     "sampling.decode_chunk": NON_NEGATIVE_INT,
     "sampling.temperature": NON_NEGATIVE, "sampling.top_p": Rule(low=0.0, high=1.0,

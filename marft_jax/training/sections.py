@@ -62,6 +62,8 @@ class RolloutSettings:
         horizon: rounds per episode before it is cut.
         reward_placement: `flexmg.rollout.PLACEMENTS`.
         obs_tokens: observation width; 0 = derive the longest possible (`build_setup`).
+        shared_prefix: prefill each agent's prefix (system prompt) once per wave and
+            broadcast it to the envs (`flexmg.rollout.RolloutConfig.shared_prefix`).
     """
 
     num_envs: int = 8
@@ -69,6 +71,7 @@ class RolloutSettings:
     horizon: int = 3
     reward_placement: str = "last"
     obs_tokens: int = 0
+    shared_prefix: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -325,7 +325,8 @@ def test_decode_chunks_with_one_new_token(model):
 @pytest.mark.parametrize("decode_chunk", [0, 4])
 def test_bfloat16_cache_logprobs_agree_with_the_float32_forward(model, decode_chunk):
     """A bf16 KV cache (stored as uint16 bits) gives the log-probs of its own tokens within
-    0.05 nats of the full float32 forward; the float32 cache agrees to 1e-4 (above)."""
+    0.01 nats of the full float32 forward (1e-3 observed); the float32 cache agrees to
+    1e-4 (above; 5e-7 observed)."""
     graphdef, base, lora = model
     tokens, mask = _prompts(batch=4, length=7, seed=15)
     ids = np.array([0, 2, -1, 1])
@@ -339,7 +340,7 @@ def test_bfloat16_cache_logprobs_agree_with_the_float32_forward(model, decode_ch
                                  gen.tokens[..., None], -1)[..., 0]
     m = np.asarray(gen.mask)
     err = np.abs(np.asarray(gen.policy_logprobs)[m] - np.asarray(policy)[m])
-    assert err.max() < 0.05 and err.max() > 0  # bf16 rounding shows, within tolerance
+    assert 0 < err.max() < 0.01  # bf16 rounding shows, within tolerance
 
 
 def test_bfloat16_cache_is_stored_as_bits_and_reused_by_the_sampler(model):

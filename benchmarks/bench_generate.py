@@ -10,11 +10,19 @@ step / step time) next to a large numpy copy's bandwidth measured in the same ru
 
     .venv/bin/python benchmarks/bench_generate.py --batches=8,32 --new_tokens=64 \
         --out=runs/bench_generate.json
+
+Our runs also record the process's CPU time (all threads; `time.process_time`), which on a
+machine shared with other work is steadier than wall time (medians printed as "CPU time").
+
+Sampler variants (`--decode_dtypes`, `--decode_chunks`, `--cache_dtypes`: every
+combination) run side by side in the same alternation, e.g. `--decode_chunks=0,64
+--cache_dtypes=float32,bfloat16 --skip_hf`.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -39,6 +47,15 @@ def _args():
     p.add_argument("--prefill_dtype", default="float32", help="ours; 'none' = storage dtype")
     p.add_argument("--decode_dtypes", default="float32",
                    help="ours, each run side by side; 'none' = storage dtype")
+    p.add_argument("--decode_chunks", default="0",
+                   help="ours, each run side by side: SamplerConfig.decode_chunk (0 = off)")
+    p.add_argument("--cache_dtypes", default="none",
+                   help="ours, each run side by side: SamplerConfig.cache_dtype ('none' = "
+                        "the default, float32 on CPU)")
+    p.add_argument("--shared_prefix", type=int, default=0,
+                   help="rows share their first L prompt tokens; ours runs each sampler "
+                        "config with that prefix prefilled once (prefix=on) and without "
+                        "(prefix=off), both as a jitted `generate` (0 = off)")
     p.add_argument("--loop", default="while", choices=("while", "scan"))
     p.add_argument("--hf_dtypes", default="bfloat16,float32",
                    help="transformers dtypes to run (the fastest is the baseline)")
@@ -125,6 +142,33 @@ def run_ours(sampler: Sampler, loaded, tokens, mode: str, new: int, key: int):
     return gen
 
 
+class PrefixRunner:
+    """`Sampler`'s call signature over a jitted `generate` whose rows share their first
+    `length` prompt tokens: with `shared`, that prefix is prefilled once (`SharedPrefix`),
+    else every row prefills its whole prompt (the same jitted path, for a fair "off")."""
+
+    def __init__(self, graphdef, config: SamplerConfig, length: int, shared: bool):
+        from marft_jax.sampling import generate
+
+        self.graphdef, self.config, self.length, self.shared = graphdef, config, length, shared
+        self.fn = jax.jit(generate, static_argnums=0, static_argnames="config")
+
+    def __call__(self, base, lora, prompts, adapter, key, temps, new):
+        from marft_jax.sampling import SharedPrefix
+
+        tokens, mask = (np.asarray(x) for x in prompts)
+        b, l = tokens.shape[0], self.length
+        prefix = None
+        if self.shared:
+            assert (tokens[:, :l] == tokens[:1, :l]).all()
+            prefix = SharedPrefix(tokens=tokens[:1, :l], mask=mask[:1, :l],
+                                  adapter_ids=np.full((1,), adapter, np.int32),
+                                  group=np.zeros((b,), np.int32))
+            tokens, mask = tokens[:, l:], mask[:, l:]
+        return self.fn(self.graphdef, base, lora, tokens, mask, np.int32(adapter), key,
+                       np.float32(temps), np.int32(new), config=self.config, prefix=prefix)
+
+
 def run_hf(model, tokens, mode: str, new: int):
     import torch
 
@@ -137,13 +181,20 @@ def run_hf(model, tokens, mode: str, new: int):
     assert out.shape[1] == tokens.shape[1] + new
 
 
-def decode_bytes_per_step(loaded, batch: int, slots: int, decode_dtype: str | None) -> int:
-    """Weight bytes plus KV-cache bytes one decode step reads."""
+def decode_bytes_per_step(loaded, batch: int, config: SamplerConfig) -> float:
+    """Weight bytes plus KV-cache bytes one decode step reads (mean over the steps: with
+    `decode_chunk` a step reads the prompt's slots and its phase's filled chunks)."""
+    from marft_jax.sampling.generate import decode_chunks
+
     cfg = loaded.config
-    item = 2 if (decode_dtype or cfg.dtype) == "bfloat16" else 4
+    item = 2 if (config.decode_dtype or cfg.dtype) == "bfloat16" else 4
+    kv_item = 2 if config.cache_dtype == "bfloat16" else 4
     weights = sum(x.size for x in jax.tree.leaves(loaded.base)) * item
     lora = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(loaded.lora))
-    kv = batch * cfg.num_layers * 2 * cfg.num_kv_heads * slots * cfg.head_dim * item
+    chunks = decode_chunks(config)
+    ends = np.cumsum(chunks)
+    slots = ARGS.prompt_len + np.mean(np.repeat(ends, chunks)) if chunks else ARGS.prompt_len
+    kv = batch * cfg.num_layers * 2 * cfg.num_kv_heads * slots * cfg.head_dim * kv_item
     return weights + lora + kv
 
 
@@ -159,16 +210,33 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
             for mode in ARGS.modes.split(","):
                 row = dict(model=name, batch=batch, new_tokens=new, mode=mode,
                            prompt_len=ARGS.prompt_len, copy_gb_s=bandwidth, ours={}, hf={})
-                samplers = {}
-                for decode in ARGS.decode_dtypes.split(","):
+                samplers, configs = {}, {}
+                for decode, chunk, cache in itertools.product(
+                        ARGS.decode_dtypes.split(","), map(int, ARGS.decode_chunks.split(",")),
+                        ARGS.cache_dtypes.split(",")):
                     config = SamplerConfig(
                         max_new_tokens=new, top_k=TOP_K, greedy=mode == "greedy",
                         stop_token_ids=(), pad_token_id=0, loop=ARGS.loop,
-                        prefill_dtype=_none(ARGS.prefill_dtype), decode_dtype=_none(decode))
+                        prefill_dtype=_none(ARGS.prefill_dtype), decode_dtype=_none(decode),
+                        cache_dtype=_none(cache), decode_chunk=chunk)
+                    decode = f"{decode}/chunk={chunk}/cache={cache}"
+                    configs[decode] = config
                     buckets = dict(batch_buckets=(batch,), prompt_buckets=(ARGS.prompt_len,))
-                    samplers[decode] = (Sampler(loaded.graphdef, config, **buckets),
-                                        Sampler(loaded.graphdef,
-                                                config.replace(max_new_tokens=1), **buckets))
+                    if ARGS.shared_prefix:
+                        tokens[:, :ARGS.shared_prefix] = tokens[0, :ARGS.shared_prefix]
+                        configs[decode + "/prefix=on"] = configs.pop(decode)
+                        configs[decode + "/prefix=off"] = config
+                        for shared in ("on", "off"):
+                            samplers[f"{decode}/prefix={shared}"] = tuple(
+                                PrefixRunner(loaded.graphdef, c, ARGS.shared_prefix,
+                                             shared == "on")
+                                for c in (config, config.replace(max_new_tokens=1)))
+                    else:
+                        samplers[decode] = (Sampler(loaded.graphdef, config, **buckets),
+                                            Sampler(loaded.graphdef,
+                                                    config.replace(max_new_tokens=1),
+                                                    **buckets))
+                for decode in samplers:
                     t0 = time.perf_counter()
                     run_ours(samplers[decode][0], loaded, tokens, mode, new, 0)
                     run_ours(samplers[decode][1], loaded, tokens, mode, 1, 0)
@@ -180,18 +248,24 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
                 for rep in range(ARGS.repeats):
                     for decode, (full, first) in samplers.items():
                         times = row["ours"][decode]
+                        cpu0 = time.process_time()
                         times["total"].append(_timed(
                             lambda: run_ours(full, loaded, tokens, mode, new, rep + 1)))
+                        cpu1 = time.process_time()
                         times["prefill"].append(_timed(
                             lambda: run_ours(first, loaded, tokens, mode, 1, rep + 1)))
+                        times.setdefault("total_cpu", []).append(cpu1 - cpu0)
+                        times.setdefault("prefill_cpu", []).append(time.process_time() - cpu1)
                     for dtype, model in hf_models.items():
                         row["hf"][dtype]["total"].append(
                             _timed(lambda: run_hf(model, tokens, mode, new)))
                 for decode, times in row["ours"].items():
                     t_ours, t_pre = np.median(times["total"]), np.median(times["prefill"])
                     step = (t_ours - t_pre) / max(new - 1, 1)
-                    gb_s = decode_bytes_per_step(loaded, batch, ARGS.prompt_len + new - 1,
-                                                 _none(decode)) / step / 1e9
+                    gb_s = decode_bytes_per_step(loaded, batch, configs[decode]) / step / 1e9
+                    c_ours, c_pre = np.median(times["total_cpu"]), np.median(times["prefill_cpu"])
+                    times.update(cpu_s=c_ours, prefill_cpu_s=c_pre,
+                                 decode_step_cpu_ms=1e3 * (c_ours - c_pre) / max(new - 1, 1))
                     times.update(tok_s=batch * new / t_ours, prefill_s=t_pre,
                                  tok_s_fastest=batch * new / min(times["total"]),
                                  decode_step_ms=1e3 * step, decode_gb_s=gb_s,
@@ -221,7 +295,9 @@ def _format(row: dict) -> str:
             f"{head} ours[decode={decode}] {t['tok_s']:7.1f} tok/s (fastest run "
             f"{t['tok_s_fastest']:.1f}; prefill "
             f"{t['prefill_s']:.2f} s, decode {t['decode_step_ms']:.1f} ms/step, "
-            f"{t['decode_gb_s']:.1f} GB/s = {100 * t['decode_fraction_of_copy_bw']:.0f}% of copy)")
+            f"{t['decode_gb_s']:.1f} GB/s = {100 * t['decode_fraction_of_copy_bw']:.0f}% of copy)"
+            f"; CPU time: {t['cpu_s']:.2f} s a call, prefill {t['prefill_cpu_s']:.2f} s, "
+            f"decode {t['decode_step_cpu_ms']:.1f} ms/step")
     for dtype, t in row["hf"].items():
         lines.append(f"{head} hf[{dtype}] {t['tok_s']:7.1f} tok/s (fastest run "
                      f"{t['tok_s_fastest']:.1f})")
@@ -243,7 +319,9 @@ def main():
         threads=ARGS.threads, jax=jax.__version__, torch=torch.__version__,
         xla_flags=os.environ.get("XLA_FLAGS", ""), copy_gb_s=bandwidth,
         ours=dict(dtype=ARGS.dtype, prefill_dtype=ARGS.prefill_dtype,
-                  decode_dtypes=ARGS.decode_dtypes, loop=ARGS.loop))
+                  decode_dtypes=ARGS.decode_dtypes, decode_chunks=ARGS.decode_chunks,
+                  cache_dtypes=ARGS.cache_dtypes, shared_prefix=ARGS.shared_prefix,
+                  loop=ARGS.loop))
     print(json.dumps(meta), flush=True)
     results: list[dict] = []
     for name in ARGS.models.split(","):

@@ -163,9 +163,13 @@ def main(argv):
     r, a, e, o = traj.obs_tokens.shape
     k = traj.action_tokens.shape[-1]
     update_tokens = r * a * e * (o + k)
+    from marft_jax.algorithms import scoring
+
+    compact = scoring.row_width(traj.obs_mask, traj.action_mask) or o + k
     print(f"preset {_PRESET.value or '-'}; obs width {setup.rollout_config.obs_tokens} "
           f"(trimmed {o}), action width {k}, generated tokens {gen_tokens}, update "
-          f"tokens/epoch {update_tokens}")
+          f"tokens/epoch {update_tokens}; ppo.row_trim's row width {compact} of {o + k} "
+          "(last iteration)")
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name}: median {medians[name]:.2f}s over {len(values)} "

@@ -42,18 +42,20 @@ def scripted_policy(script):
     return generate
 
 
-def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement="last"):
+def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement="last",
+         policy=None, params=None, shared_prefix=False, obs_tokens=512):
     layout = build_layout(team, TOK, style)
     task = build_math_task([MathProblem(q, a, str(i)) for i, (q, a) in enumerate(problems)], TOK)
     table = task.table
     state_size = state_capacity(layout, table.tokens.shape[1], K, team.num_agents, horizon)
-    config = RolloutConfig(num_rounds=rounds, horizon=horizon, obs_tokens=512,
-                           action_tokens=K, reward_placement=placement)
-    rollout = make_rollout(team, layout, table, scripted_policy(script),
+    config = RolloutConfig(num_rounds=rounds, horizon=horizon, obs_tokens=obs_tokens,
+                           action_tokens=K, reward_placement=placement,
+                           shared_prefix=shared_prefix)
+    rollout = make_rollout(team, layout, table, policy or scripted_policy(script),
                            task.reward_fn(TOK, team.answer_mask), config)
     # Problem order from the key: the test uses one problem table of size 1 or a fixed order.
     game = init_game(layout, table, envs, state_size, jax.random.key(0))
-    game, traj = jax.jit(rollout)(None, game, jax.random.key(1))
+    game, traj = jax.jit(rollout)(params, game, jax.random.key(1))
     traj.check_shapes()
     return game, traj, layout
 
@@ -205,3 +207,62 @@ def test_grpo_groups_share_problems_and_reset_together():
     np.testing.assert_array_equal(np.asarray(done), [False] * 4 + [True] * 4)
     np.testing.assert_array_equal(np.asarray(game.problem_id), [order[2]] * 4 + [order[3]] * 4)
     assert game.group_size == 4 and int(game.cursor) == 4
+
+
+PREFIX_TEAM = [
+    {"role": "solver_a", "prompt": "short", "with_answer": True, "depends_on": []},
+    {"role": "solver_b", "prompt": "a much longer system prompt", "with_answer": True,
+     "depends_on": []},
+    {"role": "aggregator", "prompt": "AG", "with_answer": True,
+     "depends_on": ["solver_a", "solver_b"]},
+]
+
+
+def test_split_prefix_keeps_every_observation_token():
+    """Each row's prefix followed by its remainder is its observation, for a wave whose
+    agents' prefixes differ in length (the remainder width is O minus the shortest)."""
+    from marft_jax.flexmg.rollout import split_prefix
+
+    team = team_from_dicts(PREFIX_TEAM)
+    _, traj, layout = _run(team, [("3+4?", "7"), ("1+1?", "2")], lambda a, _: "x",
+                           style="chat", rounds=1, envs=2, obs_tokens=160)
+    obs, mask = traj.obs_tokens[0, :2], traj.obs_mask[0, :2]  # wave 0: the two solvers
+    prefix, rest, rest_mask = split_prefix(layout, (0, 1), obs, mask, np.array([0, 1, 2]))
+    lengths = np.asarray(layout.prefix.lengths)[:2]
+    assert rest.shape == (4, 160 - lengths.min()) and prefix.tokens.shape[1] == lengths.max()
+    for row in range(4):
+        group = int(prefix.group[row])
+        joined = np.concatenate([np.asarray(prefix.tokens[group])[np.asarray(prefix.mask[group])],
+                                 np.asarray(rest[row])[np.asarray(rest_mask[row])]])
+        want = np.asarray(obs[row // 2, row % 2])[np.asarray(mask[row // 2, row % 2])]
+        np.testing.assert_array_equal(joined, want)
+
+
+def test_shared_prefix_rollout_samples_the_same_trajectory():
+    """A tiny random model samples the same actions and log-probs with each agent's
+    prefix prefilled once per wave as with whole observations."""
+    from marft_jax.models import functional as F
+    from marft_jax.models.config import LoraConfig
+    from marft_jax.sampling import SamplerConfig, generate
+    from tests.conftest import tiny_config
+
+    graphdef, base, lora = F.init_model(tiny_config(vocab_size=TOK.vocab_size),
+                                        LoraConfig(num_adapters=3, rank=4), seed=0)
+    lora = jax.tree.map(lambda x: x + 0.05, lora)
+    config = SamplerConfig(max_new_tokens=K, pad_token_id=0, top_k=0)
+
+    def policy(params, tokens, mask, ids, temps, max_new, key, prefix=None):
+        return generate(graphdef, *params, tokens, mask, ids, key, temps, max_new,
+                        config=config, prefix=prefix)
+
+    team = team_from_dicts(PREFIX_TEAM)
+    runs = [_run(team, [("3+4?", "7"), ("1+1?", "2")], None, style="chat", rounds=1, envs=2,
+                 policy=policy, params=(base, lora), shared_prefix=shared, obs_tokens=160)[1]
+            for shared in (False, True)]
+    whole, shared = runs
+    for name in ("obs_tokens", "obs_mask", "action_tokens", "action_mask"):
+        np.testing.assert_array_equal(np.asarray(getattr(shared, name)),
+                                      np.asarray(getattr(whole, name)))
+    np.testing.assert_allclose(np.asarray(shared.policy_logprobs),
+                               np.asarray(whole.policy_logprobs), atol=1e-4)
+    assert np.asarray(whole.action_mask).sum() > 10

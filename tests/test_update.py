@@ -426,3 +426,67 @@ def test_guard_counts_each_skip_under_its_first_failed_check():
     apply, critic_apply, step = guard.guard_steps(jnp.array([True, True]), off, False)
     np.testing.assert_array_equal(apply, [True, True])
     assert not bool(critic_apply) and int(step.critic_skipped_nonfinite) == 0
+
+
+# ------------------------------------------------------------ per-row trim (ppo.row_trim)
+
+def _wide_trajectory(seed, extra=4, **sizes):
+    """`make_trajectory` with `extra` more padding columns before every observation, so
+    no row's real tokens fill the `O + K` columns."""
+    traj = make_trajectory(seed, **sizes)
+    pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(extra, 0)])
+    return traj.replace(obs_tokens=pad(traj.obs_tokens), obs_mask=pad(traj.obs_mask),
+                        next_obs_tokens=pad(traj.next_obs_tokens),
+                        next_obs_mask=pad(traj.next_obs_mask))
+
+
+def test_compacted_rows_score_and_differentiate_like_full_rows(model):
+    graphdef, base, lora = model
+    lora = jax.tree.map(lambda x: x + 0.05, lora)
+    traj = _wide_trajectory(11, rounds=2, agents=2, envs=3, obs_len=8, act_len=4)
+    width = scoring.row_width(traj.obs_mask, traj.action_mask, multiple=2)
+    assert width is not None and width <= 12 < 16
+    assert scoring.row_width(traj.obs_mask, traj.action_mask) is None  # 32 > O + K
+
+    def score(lora, row_width):
+        s = scoring.score_actions(graphdef, base, lora, traj.obs_tokens, traj.obs_mask,
+                                  traj.action_tokens, traj.action_mask, traj.adapter_ids,
+                                  num_value_positions=4, row_width=row_width)
+        objective = jnp.sum(jnp.where(traj.action_mask, s.token_logprobs + s.entropy, 0.0))
+        return objective, s
+
+    run = jax.jit(jax.value_and_grad(score, has_aux=True), static_argnums=1)
+    (full_obj, full), full_grads = run(lora, None)
+    (comp_obj, comp), comp_grads = run(lora, width)
+    m = np.asarray(traj.action_mask)
+    for got, want in ((comp.token_logprobs, full.token_logprobs), (comp.entropy, full.entropy),
+                      (comp.features, full.features)):
+        np.testing.assert_allclose(np.asarray(got)[m], np.asarray(want)[m], atol=1e-5)
+    np.testing.assert_allclose(comp_obj, full_obj, rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(comp_grads), jax.tree.leaves(full_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    trunk = jax.jit(lambda w: scoring.trunk_features(
+        graphdef, base, lora, traj.obs_tokens, traj.obs_mask, traj.action_tokens,
+        traj.action_mask, traj.adapter_ids, 4, w), static_argnums=0)
+    np.testing.assert_allclose(np.asarray(trunk(width))[m], np.asarray(full.features)[m],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [MARFT_A.replace(kl_coef=0.1), ROTATION],
+                         ids=["marft_a_base_trunk", "marft_t_shared_trunk"])
+def test_update_on_compacted_rows_equals_the_full_width_update(model, config):
+    graphdef, base, lora = model
+    traj = _wide_trajectory(12, rounds=2, agents=2, envs=4, obs_len=8, act_len=4,
+                            target_share=0.5)
+    width = scoring.row_width(traj.obs_mask, traj.action_mask, multiple=2)
+    update = make_update(graphdef, config)
+    state = create_train_state(config, lora, jax.random.key(1), 64, 2)
+    key = jax.random.key(2)
+    full_state, full_metrics = update(state, base, traj, key)
+    comp_state, comp_metrics = update(state, base, traj, key, row_width=width)
+    for got, want in zip(_leaves((comp_state.lora, comp_state.critic)),
+                         _leaves((full_state.lora, full_state.critic))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    for name in ("policy_loss", "value_loss", "grad_norm", "approx_kl", "policy_steps"):
+        np.testing.assert_allclose(comp_metrics[name], full_metrics[name], rtol=1e-4,
+                                   atol=1e-6)

@@ -96,7 +96,8 @@ def env_chunk(num_envs: int, target: int) -> int:
 
 
 def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic, base,
-                  traj: Trajectory, word_counts: Array | None, chunk: int, groups=None):
+                  traj: Trajectory, word_counts: Array | None, chunk: int,
+                  row_width: int | None = None, groups=None):
     """Scores the trajectory with the pre-update parameters and computes advantages.
 
     Args:
@@ -107,6 +108,7 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         traj: the rollout.
         word_counts: `[R, A, E]` or None.
         chunk: envs per pre-pass chunk (must divide E).
+        row_width: compacted row width of the scoring passes (`scoring.row_width`) or None.
         groups: a heterogeneous team's `BaseGroups` (graphdef, lora, base are then per-base
             tuples; `algorithms.multibase`), or None.
 
@@ -149,19 +151,22 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         out, feats = {}, None
         if config.recompute_old_logprobs:
             s = scoring.score_actions(graphdef, base, lora, *args, traj.adapter_ids,
-                                      num_value_positions=p if shared_trunk else None)
+                                      num_value_positions=p if shared_trunk else None,
+                                      row_width=row_width)
             out["old_logprobs"], feats = s.token_logprobs, s.features
         elif shared_trunk:
-            feats = scoring.trunk_features(graphdef, base, lora, *args, traj.adapter_ids, p)
+            feats = scoring.trunk_features(graphdef, base, lora, *args, traj.adapter_ids, p,
+                                           row_width)
         if config.kl_coef > 0:
             s = scoring.score_actions(graphdef, base, lora, *args, BASE_ADAPTER,
-                                      num_value_positions=p if base_trunk else None)
+                                      num_value_positions=p if base_trunk else None,
+                                      row_width=row_width)
             out["ref_logprobs"] = s.token_logprobs
             if base_trunk:
                 feats = out["base_features"] = s.features
         elif base_trunk:
             feats = out["base_features"] = scoring.trunk_features(
-                graphdef, base, lora, *args, BASE_ADAPTER, p)
+                graphdef, base, lora, *args, BASE_ADAPTER, p, row_width)
         if critic_on:
             out["values"] = evaluate_values(critic, feats, head_ids, spec.level)
         return out

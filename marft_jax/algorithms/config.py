@@ -64,6 +64,7 @@ PPO_RULES: dict[str, Rule] = {
     "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
     "advantage_norm_eps": NON_NEGATIVE, "group_size": POSITIVE_INT, "grpo_eps": NON_NEGATIVE,
     "ippo_own_weight": UNIT, "recompute_old_logprobs": FLAG, "skip_no_signal": FLAG,
+    "row_trim": FLAG,
 }
 
 
@@ -124,6 +125,12 @@ class PPOConfig:
             layer's input; recompute the rest in the backward pass) or a
             `jax.checkpoint_policies` name. Same results up to float rounding; less memory
             for about one more forward pass.
+        row_trim: score `[obs ; action]` rows compacted to the longest row's real tokens
+            (each row's tokens moved to the end of the row, the columns that are padding in
+            every row dropped; `scoring.compact_rows`) instead of the observation width plus
+            the action width, which the batch-wide trim keeps. The training iteration
+            computes the width on the host (`scoring.row_width`, a multiple of 32) and
+            passes it to the update; same results up to float rounding.
         skip_no_signal: skip an adapter's policy step when none of its decisions in the
             minibatch has a nonzero advantage (after normalisation), counted as
             `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
@@ -166,6 +173,7 @@ class PPOConfig:
     recompute_old_logprobs: bool = False
     skip_no_signal: bool = True
     remat: str = "none"
+    row_trim: bool = False
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:

@@ -20,6 +20,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 CriticParams = dict[str, Array]
@@ -96,17 +97,16 @@ def num_heads_for(critic_heads: str, num_agents: int) -> int:
     return 1 if critic_heads == "shared" else num_agents
 
 
-def value_features(hidden: Array, obs_len: int, num_positions: int) -> Array:
-    """Trunk features at the value positions of `[obs ; action]` rows.
+def value_columns(obs_len: int, num_positions: int) -> np.ndarray:
+    """Columns of the value positions in `[obs (O) ; action (K)]` rows.
 
     Args:
-        hidden: `[..., O + K, H]` post-norm hidden states of the concatenated rows.
         obs_len: O, the (padded) observation length.
-        num_positions: 1 for the action-level value (position O - 1), K for the
-            token-level values (positions O - 1 .. O + K - 2).
+        num_positions: 1 for the action-level value (column O - 1), K for the token-level
+            values (columns O - 1 .. O + K - 2).
 
     Returns:
-        `[..., num_positions, H]`, under `stop_gradient` (the trunk is frozen).
+        `[num_positions]` int column indices (static); the scorer reads the trunk's
+        features there under `stop_gradient` (the trunk is frozen).
     """
-    feats = jax.lax.slice_in_dim(hidden, obs_len - 1, obs_len - 1 + num_positions, axis=-2)
-    return jax.lax.stop_gradient(feats)
+    return obs_len - 1 + np.arange(num_positions)

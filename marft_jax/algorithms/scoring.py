@@ -3,7 +3,7 @@
 Observations arrive left-padded (`[..., O]`), actions right-padded (`[..., K]`); their
 concatenation has all real tokens contiguous, so RoPE positions follow from the mask and the
 logits at position `O - 1 + k` predict action token k. One forward yields the per-token
-log-probs, entropies and the hidden states the critic reads (see `critic.value_features`),
+log-probs, entropies and the hidden states the critic reads (at `critic.value_columns`),
 which is what lets the "shared" critic trunk cost no extra pass.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from marft_jax.algorithms import critic as critic_lib
@@ -61,6 +62,62 @@ def from_rows(x: Array, r: int, a: int, e: int) -> Array:
     return jnp.moveaxis(x.reshape((e, r, a) + x.shape[1:]), 0, 2)
 
 
+def row_width(obs_mask: Array, action_mask: Array, multiple: int = 32) -> int | None:
+    """Host-side: the compacted row width for `score_actions(row_width=...)`, or None.
+
+    The longest span of real tokens of any `[obs ; action]` row, rounded up to `multiple`;
+    None when that is not narrower than `O + K` (nothing to gain).
+    """
+    _, mask = concat_rows(jnp.zeros(obs_mask.shape, jnp.int32), obs_mask,
+                          jnp.zeros(action_mask.shape, jnp.int32), action_mask)
+    width = mask.shape[-1]
+    first, last = _real_span(mask.reshape(-1, width))
+    need = int(jnp.max(jnp.where(last >= first, last - first + 1, 0)))
+    keep = -(-max(1, need) // multiple) * multiple
+    return keep if keep < width else None
+
+
+def _real_span(mask: Array) -> tuple[Array, Array]:
+    """First and last real column of `[rows, T]` rows (`(T, -1)` for an empty row)."""
+    t = mask.shape[-1]
+    cols = jnp.arange(t)
+    first = jnp.min(jnp.where(mask, cols, t), axis=-1)
+    last = jnp.max(jnp.where(mask, cols, -1), axis=-1)
+    return first, last
+
+
+def compact_rows(tokens: Array, mask: Array, width: int) -> tuple[Array, Array, Array]:
+    """Moves each row's real tokens to its end and keeps the last `width` columns.
+
+    Args:
+        tokens, mask: `[rows, T]` rows whose real tokens span at most `width` columns.
+        width: the kept width (`row_width`).
+
+    Returns:
+        `(tokens [rows, width], mask [rows, width], shift [rows])`: column c of a row is
+        column `c + shift` of the compacted row. Real tokens keep their order and RoPE
+        positions (positions count real tokens), so every real token's hidden state is
+        the one of the uncompacted row.
+    """
+    t = tokens.shape[-1]
+    _, last = _real_span(mask)
+    shift = jnp.where(last >= 0, t - 1 - last, 0) - (t - width)  # [rows]
+    src = jnp.arange(width)[None, :] - shift[:, None]  # [rows, width]
+    inside = (src >= 0) & (src < t)
+    src = jnp.clip(src, 0, t - 1)
+    tokens = jnp.where(inside, jnp.take_along_axis(tokens, src, axis=1), 0)
+    mask = inside & jnp.take_along_axis(mask, src, axis=1)
+    return tokens, mask, shift
+
+
+def _hidden_at(hidden: Array, columns: Array, shift: Array | None) -> Array:
+    """`hidden [rows, W, H]` at uncompacted `columns` (`[n]` static) -> `[rows, n, H]`."""
+    if shift is None:
+        return jax.lax.slice_in_dim(hidden, int(columns[0]), int(columns[-1]) + 1, axis=1)
+    index = jnp.clip(columns[None, :] + shift[:, None], 0, hidden.shape[1] - 1)
+    return jnp.take_along_axis(hidden, index[..., None], axis=1)
+
+
 def _row_adapter_ids(adapter_ids: Array | int, r: int, a: int, e: int) -> Array:
     """`[A]` per-agent (or scalar) adapter ids -> `[E * R * A]` per row (`to_rows` order)."""
     ids = jnp.asarray(adapter_ids, jnp.int32)
@@ -78,9 +135,20 @@ def _hidden(graphdef, base, lora, tokens: Array, mask: Array, adapter_ids: Array
     return hidden
 
 
+def _row_hidden(graphdef, base, lora, tokens: Array, mask: Array, adapter_ids: Array,
+                remat: str, width: int | None) -> tuple[Array, Array | None]:
+    """`(hidden [rows, T or width, H], shift [rows] or None)` of `[rows, T]` rows,
+    compacted to `width` columns first when given (`compact_rows`)."""
+    shift = None
+    if width is not None:
+        tokens, mask, shift = compact_rows(tokens, mask, width)
+    return _hidden(graphdef, base, lora, tokens, mask, adapter_ids, remat), shift
+
+
 def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                   action_tokens: Array, action_mask: Array, adapter_ids: Array, *,
-                  num_value_positions: int | None, remat: str = "none") -> Scores:
+                  num_value_positions: int | None, remat: str = "none",
+                  row_width: int | None = None) -> Scores:
     """Log-probs, entropies and critic features of actions, one forward pass.
 
     Args:
@@ -94,6 +162,9 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
         num_value_positions: 1 or K to return critic features, None for none.
         remat: rematerialisation of the decoder layers when differentiated
             (`models.remat.REMAT_POLICIES`; the update's `ppo.remat`).
+        row_width: score the rows compacted to this width (`compact_rows`; from
+            `row_width`, host-side), None for the full `O + K`. Same results; the values
+            at padded action positions (masked everywhere) may differ.
 
     Returns:
         `Scores` with `[R, A, E, ...]` leading axes.
@@ -103,9 +174,9 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     k = action_tokens.shape[-1]
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
     ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden = _hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
-                     remat)  # [rows, O + K, H]
-    before_action = jax.lax.slice_in_dim(hidden, o - 1, o - 1 + k, axis=1)  # [rows, K, H]
+    hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
+                                remat, row_width)  # [rows, O + K or row_width, H]
+    before_action = _hidden_at(hidden, o - 1 + np.arange(k), shift)  # [rows, K, H]
     logits = F.lm_logits(graphdef, base, lora, before_action)  # [rows, K, V] float32
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     chosen = to_rows(action_tokens)[..., None]  # [rows, K, 1]
@@ -113,15 +184,15 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [rows, K]
     features = None
     if num_value_positions is not None:
-        features = critic_lib.value_features(hidden, o, num_value_positions)
-        features = from_rows(features, r, a, e)
+        features = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions), shift)
+        features = from_rows(jax.lax.stop_gradient(features), r, a, e)
     return Scores(token_logprobs=from_rows(token_logprobs, r, a, e),
                   entropy=from_rows(entropy, r, a, e), features=features)
 
 
 def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                    action_tokens: Array, action_mask: Array, adapter_ids: Array,
-                   num_value_positions: int) -> Array:
+                   num_value_positions: int, row_width: int | None = None) -> Array:
     """Critic features only (no LM head): `[R, A, E, P, H]`, stop-gradient.
 
     Arguments as in `score_actions`; `num_value_positions` is 1 or K.
@@ -129,9 +200,10 @@ def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     r, a, e, o = obs_tokens.shape
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
     ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden = _hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids)
-    feats = critic_lib.value_features(hidden, o, num_value_positions)
-    return from_rows(feats, r, a, e)
+    hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
+                                "none", row_width)
+    feats = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions), shift)
+    return from_rows(jax.lax.stop_gradient(feats), r, a, e)
 
 
 def observation_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
@@ -139,7 +211,7 @@ def observation_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Arra
     """Features at the last token of left-padded observations `[E, O]` -> `[E, H]`.
 
     This is the bootstrap value's input: the value of a decision before any of its action
-    tokens, the same position as `value_features` gives for token 0.
+    tokens, the same position as `critic.value_columns` gives for token 0.
     """
     chex.assert_rank(obs_tokens, 2)
     e = obs_tokens.shape[0]

@@ -99,7 +99,7 @@ def zero_terms(num_agents: int) -> tuple[losses.PolicyTerms, losses.ValueTerms]:
 
 
 def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_count: Array,
-              value_count: Array, groups=None
+              value_count: Array, groups=None, *, row_width: int | None = None
               ) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
     """The MARFT objective of one micro-batch, and its per-agent sums with counts.
 
@@ -119,6 +119,7 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         value_count: `[]` all decisions of the minibatch, ≥ 1.
         groups: a heterogeneous team's `BaseGroups` (graphdef, base and lora per-base
             tuples: each agent scored on its base, `algorithms.multibase`), or None.
+        row_width: compacted row width of the scoring forward (`ppo.row_trim`), or None.
 
     Returns:
         `(total, (policy_terms, value_terms))`: the scalar objective and the `[A]` sums of
@@ -134,7 +135,7 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         scores = scoring.score_actions(
             graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
             micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
-            remat=config.remat)
+            remat=config.remat, row_width=row_width)
     else:
         scores = multibase.score_actions(
             groups, graphdef, base, lora, micro.obs_tokens, micro.obs_mask,
@@ -179,12 +180,15 @@ def make_update(graphdef, config: PPOConfig,
             the update is called with are then per-base tuples), or None.
 
     Returns:
-        `update(state, base, trajectory, key, word_counts=None, fault=None) -> (state,
-        metrics)`, jitted. `word_counts` `[R, A, E]` is required for `logprob_norm="word"`.
+        `update(state, base, trajectory, key, word_counts=None, fault=None,
+        row_width=None) -> (state, metrics)`, jitted. `word_counts` `[R, A, E]` is required
+        for `logprob_norm="word"`.
         `fault` (tests: fault injection) is `(loss_add, grad_add)`, two `[NA]` float arrays
         added to every minibatch's per-adapter policy loss and to every element of each
         adapter's gradient (0 = no fault; NaN / inf poison that adapter's steps); None
-        (the default) compiles without it. `metrics` is a dict
+        (the default) compiles without it. `row_width` (static; `ppo.row_trim`, from
+        `scoring.row_width` on the host) compacts the scored rows to that width; None
+        scores them at full width. `metrics` is a dict
         of arrays: per agent `[A]` policy_loss, entropy, approx_kl, clip_frac, kl_ref; per
         adapter `[NA]` grad_norm, policy_steps, skipped_nonfinite, skipped_kl,
         skipped_no_signal; scalars
@@ -200,7 +204,8 @@ def make_update(graphdef, config: PPOConfig,
     critic_tx = optim.critic_optimizer(config)
 
     def update(state: TrainState, base, traj: Trajectory, key: Array,
-               word_counts: Array | None = None, fault: tuple[Array, Array] | None = None):
+               word_counts: Array | None = None, fault: tuple[Array, Array] | None = None,
+               row_width: int | None = None):
         traj.check_shapes()
         r, a, e, _ = traj.obs_tokens.shape
         if config.logprob_norm == "word" and spec.level == "action" and word_counts is None:
@@ -211,7 +216,7 @@ def make_update(graphdef, config: PPOConfig,
 
         batch, stats = batch_lib.prepare_batch(
             graphdef, config, credit, state.lora, state.critic, base, traj, word_counts,
-            batch_lib.env_chunk(e, per_micro), groups=groups)
+            batch_lib.env_chunk(e, per_micro), row_width, groups=groups)
 
         samples = state.samples + r * e
         warmup = schedules.in_critic_warmup(samples, config.critic_warmup_samples)
@@ -221,7 +226,8 @@ def make_update(graphdef, config: PPOConfig,
         may_step = adapters_scheduled & ~warmup  # [NA]
         to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids, num_adapters)
 
-        grad_fn = jax.grad(functools.partial(objective, graphdef, config, groups=groups),
+        grad_fn = jax.grad(functools.partial(objective, graphdef, config, groups=groups,
+                                             row_width=row_width),
                            has_aux=True)
 
         def minibatch_grads(params, ctx, mb: Batch, policy_count, value_count):
@@ -291,7 +297,8 @@ def make_update(graphdef, config: PPOConfig,
         return state, metrics
 
     jit_options = {} if out_shardings is None else {"out_shardings": out_shardings}
-    return jax.jit(update, donate_argnums=(0,) if donate else (), **jit_options)
+    return jax.jit(update, donate_argnums=(0,) if donate else (), static_argnames="row_width",
+                   **jit_options)
 
 
 @struct.dataclass

@@ -7,7 +7,9 @@ placed, and the pure transition advances (and resets) the environments.
 
 The policy and the reward are functions passed in:
 - `generate_fn(params, tokens [B, O], mask [B, O], adapter_ids [B], temperatures [B],
-  max_new [B], key) -> Generation` (tokens / mask / logprobs / policy_logprobs `[B, K]`);
+  max_new [B], key, prefix=None) -> Generation` (tokens / mask / logprobs /
+  policy_logprobs `[B, K]`); with `RolloutConfig.shared_prefix` it gets each wave's
+  agent prefixes as a `sampling.SharedPrefix` and the rows without them;
 - `reward_fn(problem_ids [E], actions [A, E, K], lengths [A, E]) -> correct [A, E]` float32,
   either a JAX function (token tasks: the whole rollout is one jit) or a host function
   wrapped by `host_reward` (`jax.pure_callback`: detokenise, extract, grade).
@@ -28,6 +30,7 @@ from marft_jax.flexmg.layout import ObservationLayout
 from marft_jax.flexmg.orchestration import Router, active_agents
 from marft_jax.flexmg.profiles import Team
 from marft_jax.flexmg.trajectory import Trajectory
+from marft_jax.sampling.types import SharedPrefix
 
 Array = jax.Array
 # `reward_placement` (checked by `training.config.finalize`): the per-decision rewards
@@ -53,6 +56,11 @@ class RolloutConfig:
             (every agent gets the score) or "answering" (each answering agent gets its own
             correctness).
         pad_id: padding token id.
+        shared_prefix: every env's observation of agent i starts with the layout's
+            `prefix[i]` (its system prompt): prefill it once per agent and broadcast its
+            keys and values to the envs (`sampling.SharedPrefix`) instead of prefilling it
+            in every row. Same generations up to float rounding; the trajectory keeps the
+            whole observations.
     """
 
     num_rounds: int = 1
@@ -61,6 +69,7 @@ class RolloutConfig:
     action_tokens: int = 64
     reward_placement: str = "last"
     pad_id: int = 0
+    shared_prefix: bool = False
 
     def __post_init__(self):
         for name in ("num_rounds", "horizon", "obs_tokens", "action_tokens"):
@@ -120,6 +129,39 @@ def host_reward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
                                  vmap_method="sequential")
 
     return call
+
+
+def split_prefix(layout: ObservationLayout, wave: tuple[int, ...], obs: Array, mask: Array,
+                 adapter_of: np.ndarray) -> tuple[SharedPrefix, Array, Array]:
+    """A wave's observations as its agents' shared prefixes and the rows' remainders.
+
+    Args:
+        wave: the wave's agents (static).
+        obs, mask: `[W, E, O]` left-padded observations, each starting with its agent's
+            `layout.prefix` (a truncated observation keeps its prefix: it is cut at the end).
+        adapter_of: `[A]` adapter of each agent.
+
+    Returns:
+        `(prefix, tokens [W * E, O - L_min], mask [W * E, O - L_min])`: the prefix of agent
+        `wave[w]` is group w (`[W, L_max]`, right-padded); a row's remainder is its
+        observation without the prefix's columns (L_min: the wave's shortest prefix, so
+        every remainder fits; the columns of a longer prefix are masked).
+    """
+    w, e, o = obs.shape
+    lengths = np.asarray(layout.prefix.lengths)[list(wave)]  # [W], static
+    l_min, l_max = int(lengths.min()), max(int(lengths.max()), 1)
+    prefix_tokens = np.asarray(layout.prefix.tokens)[list(wave)][:, :l_max]
+    prefix_mask = np.arange(l_max)[None, :] < lengths[:, None]
+    start = o - jnp.sum(mask, axis=-1, dtype=jnp.int32)  # [W, E] first real column
+    columns = jnp.arange(l_min, o)  # [O - L_min]
+    own = columns[None, None, :] - start[..., None] >= jnp.asarray(lengths)[:, None, None]
+    rest_mask = mask[..., l_min:] & own  # [W, E, O - L_min]
+    prefix = SharedPrefix(tokens=jnp.asarray(prefix_tokens, jnp.int32),
+                          mask=jnp.asarray(prefix_mask),
+                          adapter_ids=jnp.asarray(adapter_of[list(wave)], jnp.int32),
+                          group=jnp.repeat(jnp.arange(w, dtype=jnp.int32), e))
+    return (prefix, obs[..., l_min:].reshape(w * e, o - l_min),
+            rest_mask.reshape(w * e, o - l_min))
 
 
 def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
@@ -184,9 +226,16 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                 overflow = overflow | p[2]
             rows = len(wave) * e
             per_row = lambda values: jnp.repeat(jnp.asarray(np.asarray(values)[list(wave)]), e)  # [W*E]
-            gen = generate_fn(params, wave_obs.reshape(rows, -1), wave_mask.reshape(rows, -1),
-                              per_row(adapter_of), per_row(temps), per_row(budgets),
-                              jax.random.fold_in(key, w))
+            if config.shared_prefix:
+                prefix, rest, rest_mask = split_prefix(layout, wave, wave_obs, wave_mask,
+                                                       adapter_of)
+                gen = generate_fn(params, rest, rest_mask, per_row(adapter_of),
+                                  per_row(temps), per_row(budgets), jax.random.fold_in(key, w),
+                                  prefix=prefix)
+            else:
+                gen = generate_fn(params, wave_obs.reshape(rows, -1),
+                                  wave_mask.reshape(rows, -1), per_row(adapter_of),
+                                  per_row(temps), per_row(budgets), jax.random.fold_in(key, w))
             idx = jnp.asarray(wave)
             shape = (len(wave), e, k)
             gen_tokens, gen_mask = gen.tokens.reshape(shape), gen.mask.reshape(shape)

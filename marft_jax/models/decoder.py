@@ -25,25 +25,68 @@ class KVCache:
     Heads come before slots so that attention reads the cache in place (no per-step
     transpose of the whole cache).
 
+    A layer's entry is one array, or a tuple of arrays ("segments") that together hold
+    the slots in order: a segmented cache lets a decode step attend over a prefix of whole
+    segments (the filled ones) without slicing, which XLA:CPU would copy (see
+    `sampling.SamplerConfig.decode_chunk`). A bfloat16 cache is stored as its uint16 bit
+    pattern (`BF16_BITS`): XLA:CPU writes a uint16 slot in place but copies the whole
+    array on a bfloat16 dynamic-update-slice.
+
     Attributes:
-        keys: per layer `[batch, kv_heads, slots, head_dim]`.
-        values: per layer `[batch, kv_heads, slots, head_dim]`.
+        keys: per layer `[batch, kv_heads, slots, head_dim]` (or a tuple of segments).
+        values: per layer `[batch, kv_heads, slots, head_dim]` (or a tuple of segments).
     """
 
-    keys: tuple[Array, ...]
-    values: tuple[Array, ...]
+    keys: tuple[Array | tuple[Array, ...], ...]
+    values: tuple[Array | tuple[Array, ...], ...]
 
     @classmethod
-    def zeros(cls, config: ModelConfig, batch: int, slots: int, dtype=None) -> "KVCache":
-        """A zero cache (distinct buffers per leaf); `dtype` defaults to the model's."""
-        shape = (batch, config.num_kv_heads, slots, config.head_dim)
-        dtype = config.jnp_dtype if dtype is None else dtype
-        make = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    def zeros(cls, config: ModelConfig, batch: int, slots: int, dtype=None,
+              segments: tuple[int, ...] | None = None) -> "KVCache":
+        """A zero cache (distinct buffers per leaf); `dtype` defaults to the model's.
+
+        `segments`: slot counts of the segments (summing to `slots`), None for one array.
+        """
+        dtype = jnp.dtype(config.jnp_dtype if dtype is None else dtype)
+        if dtype == jnp.bfloat16:
+            dtype = BF16_BITS
+        shape = lambda n: (batch, config.num_kv_heads, n, config.head_dim)
+        if segments is None:
+            entry = lambda: jnp.zeros(shape(slots), dtype)
+        else:
+            if sum(segments) != slots:
+                raise ValueError(f"KVCache: segments {segments} do not sum to {slots} slots")
+            entry = lambda: tuple(jnp.zeros(shape(n), dtype) for n in segments)
+        make = lambda: tuple(entry() for _ in range(config.num_layers))
         return cls(keys=make(), values=make())
 
     @property
+    def segment_slots(self) -> tuple[int, ...]:
+        """Slot counts of a layer's segments (one entry for an unsegmented cache)."""
+        return tuple(x.shape[2] for x in _segments(self.keys[0]))
+
+    @property
     def slots(self) -> int:
-        return self.keys[0].shape[2]
+        return sum(self.segment_slots)
+
+    @property
+    def batch(self) -> int:
+        return _segments(self.keys[0])[0].shape[0]
+
+
+# The storage dtype of a bfloat16 cache: its bit pattern (see `KVCache`).
+BF16_BITS = jnp.uint16
+
+
+def _segments(entry) -> tuple[Array, ...]:
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
+def _read(cache: Array) -> Array:
+    """A cache array as the dtype attention computes in (bfloat16 for `BF16_BITS`)."""
+    if cache.dtype == BF16_BITS:
+        return jax.lax.bitcast_convert_type(cache, jnp.bfloat16)
+    return cache
 
 
 def _write_slots(cache: Array, new: Array, write_index: Array) -> Array:
@@ -55,6 +98,8 @@ def _write_slots(cache: Array, new: Array, write_index: Array) -> Array:
     """
     zero = jnp.zeros((), jnp.int32)
     idx = (zero, zero, write_index.astype(jnp.int32), zero)
+    if cache.dtype == BF16_BITS:
+        new = jax.lax.bitcast_convert_type(new.astype(jnp.bfloat16), BF16_BITS)
     return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), idx)
 
 
@@ -80,7 +125,8 @@ class Attention(nnx.Module):
                                  lora=_lora_for("o_proj", lora), **kw)
 
     def __call__(self, x: Array, positions: Array, adapter_ids: Array, kv_valid: Array,
-                 write_index: Array, cache_kv: tuple[Array, Array] | None):
+                 write_index: Array, cache_kv: tuple | None,
+                 cache_view: tuple[int, int] | None = None):
         """Attends from `x` `[batch, tokens, hidden]` to the cache slots.
 
         Args:
@@ -88,9 +134,13 @@ class Attention(nnx.Module):
             positions: `[batch, tokens]` RoPE positions.
             adapter_ids: `[batch]` adapter index per row (< 0: none).
             kv_valid: `[batch, slots]` bool, which key slots hold real tokens (after this
-                call's tokens are written); without a cache, slots = tokens.
-            write_index: scalar int, the slot of this call's first token.
-            cache_kv: this layer's `(keys, values)` or None.
+                call's tokens are written); without a cache, slots = tokens. With
+                `cache_view`, slots = those of the visible segments.
+            write_index: scalar int, the (absolute) slot of this call's first token.
+            cache_kv: this layer's `(keys, values)` (arrays or tuples of segments) or None.
+            cache_view: static `(write segment, visible segments)` of a segmented cache:
+                this call's tokens go into the write segment (which must hold them), and
+                attention reads the first `visible segments` only. None: segment 0, all.
 
         Returns:
             `([batch, tokens, hidden], new (keys, values) or None)`.
@@ -105,13 +155,20 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3)  # [batch, kv, tokens, hd]
         v = v.transpose(0, 2, 1, 3)  # [batch, kv_heads, tokens, head_dim]
         if cache_kv is not None:
-            ck, cv = cache_kv
-            k = _write_slots(ck, k, write_index)
-            v = _write_slots(cv, v, write_index)
-            new_kv = (k, v)
+            segmented = isinstance(cache_kv[0], tuple)
+            ks, vs = _segments(cache_kv[0]), _segments(cache_kv[1])
+            seg, visible = cache_view if cache_view is not None else (0, len(ks))
+            local = write_index - sum(x.shape[2] for x in ks[:seg])
+            ks = ks[:seg] + (_write_slots(ks[seg], k, local),) + ks[seg + 1:]
+            vs = vs[:seg] + (_write_slots(vs[seg], v, local),) + vs[seg + 1:]
+            new_kv = (ks, vs) if segmented else (ks[0], vs[0])
+            k_parts = tuple(map(_read, ks[:visible]))
+            v_parts = tuple(map(_read, vs[:visible]))
         else:
             new_kv = None
-        slots = k.shape[2]
+            k_parts, v_parts = (k,), (v,)
+        widths = [x.shape[2] for x in k_parts]
+        slots = sum(widths)
         q_slot = write_index + jnp.arange(t)  # [tokens]
         causal = jnp.arange(slots)[None, :] <= q_slot[:, None]  # [tokens, slots]
         mask = causal[None] & kv_valid[:, None, :]  # [batch, tokens, slots]
@@ -119,15 +176,25 @@ class Attention(nnx.Module):
         # Attention runs in the cache's dtype, so the cache is read as it is, never converted.
         # [batch, kv_heads, groups * tokens, head_dim]: one batched matmul per (row, kv head).
         q = q.reshape(b, t, c.num_kv_heads, groups, c.head_dim).transpose(0, 2, 3, 1, 4)
-        q = q.reshape(b, c.num_kv_heads, groups * t, c.head_dim).astype(k.dtype)
-        scores = jnp.einsum("bkqd,bksd->bkqs", q, k,
-                            preferred_element_type=jnp.float32) * (c.head_dim ** -0.5)
-        scores = scores.reshape(b, c.num_kv_heads, groups, t, slots)
+        # A segmented cache: one matmul per visible segment (whole arrays, never sliced).
+        q = q.reshape(b, c.num_kv_heads, groups * t, c.head_dim).astype(k_parts[0].dtype)
+        scores = [jnp.einsum("bkqd,bksd->bkqs", q, part, preferred_element_type=jnp.float32)
+                  for part in k_parts]
+        scores = scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)
+        scores = scores.reshape(b, c.num_kv_heads, groups, t, slots) * (c.head_dim ** -0.5)
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_parts[0].dtype)
         probs = probs.reshape(b, c.num_kv_heads, groups * t, slots)
-        out = jnp.einsum("bkqs,bksd->bkqd", probs, v,
-                         preferred_element_type=jnp.float32).astype(x.dtype)
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        outs = [jnp.einsum("bkqs,bksd->bkqd",
+                           jax.lax.slice_in_dim(probs, s0, s0 + w, axis=3)
+                           if len(widths) > 1 else probs, part,
+                           preferred_element_type=jnp.float32)
+                for s0, w, part in zip(starts, widths, v_parts)]
+        out = outs[0]
+        for part_out in outs[1:]:
+            out = out + part_out
+        out = out.astype(x.dtype)
         out = out.reshape(b, c.num_kv_heads, groups, t, c.head_dim).transpose(0, 3, 1, 2, 4)
         out = out.reshape(b, t, c.num_heads * c.head_dim)
         return self.o_proj(out, adapter_ids), new_kv
@@ -159,9 +226,10 @@ class DecoderLayer(nnx.Module):
                                                 config.jnp_dtype)
         self.mlp = MLP(config, lora, rngs)
 
-    def __call__(self, x, positions, adapter_ids, kv_valid, write_index, cache_kv):
+    def __call__(self, x, positions, adapter_ids, kv_valid, write_index, cache_kv,
+                 cache_view=None):
         h, new_kv = self.self_attn(self.input_layernorm(x), positions, adapter_ids, kv_valid,
-                                   write_index, cache_kv)
+                                   write_index, cache_kv, cache_view)
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x), adapter_ids)
         return x, new_kv
@@ -191,7 +259,7 @@ class Decoder(nnx.Module):
 
     def __call__(self, tokens: Array, positions: Array, adapter_ids: Array, kv_valid: Array,
                  cache: KVCache | None = None, write_index: Array | int = 0,
-                 remat: str = "none"):
+                 remat: str = "none", cache_view: tuple[int, int] | None = None):
         """Runs the decoder.
 
         Args:
@@ -204,6 +272,8 @@ class Decoder(nnx.Module):
             remat: a `models.remat.REMAT_POLICIES` name: the layers run as a
                 rematerialised `lax.scan` (`models.remat.scan_layers`; for differentiated
                 passes without a cache); "none" = the plain layer loop.
+            cache_view: static `(write segment, visible segments)` of a segmented cache
+                (`Attention.__call__`); None = segment 0, all segments.
 
         Returns:
             `(hidden [batch, tokens, hidden] post-norm, new cache or None)`.
@@ -219,7 +289,7 @@ class Decoder(nnx.Module):
                                                    write_index), remat)
         for i, layer in enumerate(() if scanned else self.layers):
             kv = (cache.keys[i], cache.values[i]) if cache is not None else None
-            x, new_kv = layer(x, positions, adapter_ids, kv_valid, write_index, kv)
+            x, new_kv = layer(x, positions, adapter_ids, kv_valid, write_index, kv, cache_view)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])

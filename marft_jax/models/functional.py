@@ -65,14 +65,16 @@ def positions_from_mask(mask: Array) -> Array:
 
 def forward(graphdef, base: nnx.State, lora: nnx.State, tokens: Array, positions: Array,
             adapter_ids: Array, kv_valid: Array, cache: KVCache | None = None,
-            write_index: Array | int = 0, remat: str = "none"
-            ) -> tuple[Array, KVCache | None]:
+            write_index: Array | int = 0, remat: str = "none",
+            cache_view: tuple[int, int] | None = None) -> tuple[Array, KVCache | None]:
     """Decoder forward; returns `(hidden [batch, tokens, hidden], new cache)`.
 
-    See `Decoder.__call__` for the arguments (`remat`: `models.remat.REMAT_POLICIES`).
+    See `Decoder.__call__` for the arguments (`remat`: `models.remat.REMAT_POLICIES`;
+    `cache_view`: the write and visible segments of a segmented cache).
     """
     model = merge_model(graphdef, base, lora)
-    return model(tokens, positions, adapter_ids, kv_valid, cache, write_index, remat)
+    return model(tokens, positions, adapter_ids, kv_valid, cache, write_index, remat,
+                 cache_view)
 
 
 def lm_logits(graphdef, base: nnx.State, lora: nnx.State, hidden: Array) -> Array:

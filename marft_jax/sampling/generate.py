@@ -17,7 +17,7 @@ from marft_jax.models.config import DTYPES, ModelConfig
 from marft_jax.models.decoder import KVCache
 from marft_jax.models.functional import forward, lm_logits, positions_from_mask
 from marft_jax.sampling import distributions as D
-from marft_jax.sampling.types import Generation, SamplerConfig
+from marft_jax.sampling.types import Generation, SamplerConfig, SharedPrefix
 
 Array = jax.Array
 
@@ -43,14 +43,31 @@ def cache_slots(prompt_len: int, config: SamplerConfig) -> int:
     return prompt_len + config.max_new_tokens - 1
 
 
+def decode_chunks(config: SamplerConfig) -> tuple[int, ...]:
+    """Slot counts of the generated tokens' cache segments, one decode phase each.
+
+    `(N - 1,)` without `config.decode_chunk` (one phase over the whole cache); else chunks
+    of `decode_chunk` slots, the last one shorter. Empty when N = 1 (no decode step).
+    """
+    steps = config.max_new_tokens - 1
+    c = config.decode_chunk or max(steps, 1)
+    return tuple(min(c, steps - start) for start in range(0, steps, c))
+
+
 def init_cache(model_cfg: ModelConfig, batch: int, prompt_len: int,
                config: SamplerConfig) -> KVCache:
-    """A zero cache for `generate_with_cache` (distinct buffers per leaf, safe to donate)."""
+    """A zero cache for `generate_with_cache` (distinct buffers per leaf, safe to donate).
+
+    With `config.decode_chunk` it is segmented: the prompt's P slots, then the chunks of
+    `decode_chunks(config)`.
+    """
     name = config.cache_dtype
     if name is None:
         name = "float32" if jax.default_backend() == "cpu" else (
             config.decode_dtype or model_cfg.dtype)
-    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config), DTYPES[name])
+    segments = (prompt_len,) + decode_chunks(config) if config.decode_chunk else None
+    return KVCache.zeros(model_cfg, batch, cache_slots(prompt_len, config), DTYPES[name],
+                         segments)
 
 
 def cast_params(tree, dtype_name: str | None):
@@ -106,24 +123,34 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
                         prompt_mask: Array, adapter_ids: Array, key: Array,
                         temperatures: Array, max_new: Array, cache: KVCache, *,
                         config: SamplerConfig,
-                        prefill_base: nnx.State | None = None) -> tuple[Generation, KVCache]:
+                        prefill_base: nnx.State | None = None,
+                        prefix: SharedPrefix | None = None) -> tuple[Generation, KVCache]:
     """`generate` over a caller-provided cache, returned for reuse (donate it under jit).
 
-    The cache's slots must equal `cache_slots(P, config)`. Its old contents need not be
-    zero: slots are masked until written, and masked attention weights are exactly 0.
+    The cache's slots must equal `cache_slots(P, config)` (P: the prompt width, plus the
+    prefix's L with a `prefix`). Its old contents need not be zero: slots are masked until
+    written, and masked attention weights are exactly 0.
     `prefill_base` is `base` already cast to `config.prefill_dtype` (a caller that keeps
     it across calls saves the cast of every weight on each call; the decode steps use it
-    too when `decode_dtype == prefill_dtype`); None casts inside.
+    too when `decode_dtype == prefill_dtype`); None casts inside. `prefix`: see
+    `generate`.
     """
     chex.assert_rank(prompt_tokens, 2)
     b, p = prompt_tokens.shape
-    n = config.max_new_tokens
-    if cache.slots != cache_slots(p, config) or cache.keys[0].shape[0] != b:
-        raise ValueError(f"generate: cache holds {cache.keys[0].shape[0]} rows x "
-                         f"{cache.slots} slots; need {b} x {cache_slots(p, config)}")
     chex.assert_shape(prompt_mask, (b, p))
-    chex.assert_type(prompt_tokens, int)
     prompt_mask = prompt_mask.astype(bool)
+    if prefix is not None:
+        chex.assert_shape(prefix.group, (b,))
+        prompt_mask = jnp.concatenate([prefix.mask.astype(bool)[prefix.group], prompt_mask],
+                                      axis=1)  # [batch, L + P]
+        p = prefix.length + p
+    n = config.max_new_tokens
+    segmented = bool(config.decode_chunk)
+    want = (p,) + decode_chunks(config) if segmented else (cache_slots(p, config),)
+    if cache.segment_slots != want or cache.batch != b:
+        raise ValueError(f"generate: cache holds {cache.batch} rows x "
+                         f"{cache.segment_slots} slots; need {b} x {want}")
+    chex.assert_type(prompt_tokens, int)
     adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
     temperatures = jnp.broadcast_to(jnp.asarray(temperatures, jnp.float32), (b,))
     max_new = jnp.minimum(jnp.broadcast_to(jnp.asarray(max_new, jnp.int32), (b,)), n)
@@ -135,12 +162,26 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     # P + N - 1 of the full cache), copied into the full cache afterwards.
     pre_base = cast_params(base, config.prefill_dtype) if prefill_base is None else prefill_base
     pre_lora = cast_params(lora, config.prefill_dtype)
-    prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
-                                   for x in leaves) for leaves in (cache.keys, cache.values)))
-    hidden, prompt_cache = forward(graphdef, pre_base, pre_lora, prompt_tokens.astype(jnp.int32),
-                                   positions_from_mask(prompt_mask), adapter_ids, prompt_mask,
-                                   prompt_cache, 0)
-    put = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
+    if prefix is not None:
+        hidden, prompt_cache = _prefill_with_prefix(graphdef, pre_base, pre_lora, prefix,
+                                                    prompt_tokens, prompt_mask, adapter_ids,
+                                                    cache)
+    else:
+        if segmented:  # the prompt segment is the prefill's cache (every slot is written)
+            prompt_cache = KVCache(*(tuple(x[0] for x in leaves)
+                                     for leaves in (cache.keys, cache.values)))
+        else:
+            prompt_cache = KVCache(*(tuple(jnp.zeros((*x.shape[:2], p, x.shape[3]), x.dtype)
+                                           for x in leaves)
+                                     for leaves in (cache.keys, cache.values)))
+        hidden, prompt_cache = forward(graphdef, pre_base, pre_lora,
+                                       prompt_tokens.astype(jnp.int32),
+                                       positions_from_mask(prompt_mask), adapter_ids,
+                                       prompt_mask, prompt_cache, 0)
+    if segmented:
+        put = lambda full, part: (part,) + full[1:]
+    else:
+        put = lambda full, part: jax.lax.dynamic_update_slice(full, part, (0, 0, 0, 0))
     cache = KVCache(tuple(map(put, cache.keys, prompt_cache.keys)),
                     tuple(map(put, cache.values, prompt_cache.values)))
     kv_valid = jnp.zeros((b, slots), bool).at[:, :p].set(prompt_mask)
@@ -165,12 +206,17 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     dec_lora = cast_params(lora, config.decode_dtype)
     generated = jnp.arange(n - 1)  # [N - 1] cache slot offsets of generated tokens
 
-    def step_fn(s: _State) -> _State:
-        # Feed token `s.step` (at slot p + s.step) and sample token `s.step + 1`.
-        valid = kv_valid.at[:, p:].set(generated[None, :] <= s.step)  # [batch, slots]
+    def step_fn(s: _State, end: int, view: tuple[int, int] | None) -> _State:
+        # Feed token `s.step` (at slot p + s.step) and sample token `s.step + 1`; attend
+        # over the prompt and the first `end` generated slots.
+        if view is None:
+            valid = kv_valid.at[:, p:].set(generated[None, :] <= s.step)  # [batch, slots]
+        else:
+            valid = jnp.concatenate([prompt_mask, jnp.broadcast_to(
+                generated[None, :end] <= s.step, (b, end))], axis=1)  # [batch, p + end]
         positions = (prompt_len + s.step)[:, None]  # [batch, 1]
         hidden, cache = forward(graphdef, dec_base, dec_lora, s.last[:, None], positions,
-                                adapter_ids, valid, s.cache, p + s.step)
+                                adapter_ids, valid, s.cache, p + s.step, cache_view=view)
         logits = lm_logits(graphdef, dec_base, dec_lora, hidden)[:, 0]  # [batch, vocab]
         return _sample(s.replace(cache=cache), logits, keys, temperatures, max_new,
                        s.step + 1, config)
@@ -178,19 +224,67 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     def running(s: _State) -> Array:
         return (s.step + 1 < n) & ~jnp.all(s.done)
 
-    if config.loop == "while":
-        state = jax.lax.while_loop(running, step_fn, state)
+    # One loop per phase: decode steps [start, end) attend over the prompt and the
+    # generated slots before `end` (segments 1..j+1 of a segmented cache).
+    if segmented:
+        ends = [sum(decode_chunks(config)[:j + 1]) for j in range(len(decode_chunks(config)))]
+        phases = [(end, (j + 1, j + 2)) for j, end in enumerate(ends)]
     else:
-        def scan_body(s, _):
-            return jax.lax.cond(running(s), step_fn, lambda x: x, s), None
+        phases = [(n - 1, None)]
+    start = 0
+    for end, view in phases:
+        body = lambda s, end=end, view=view: step_fn(s, end, view)
+        cond = running if view is None else (
+            lambda s, end=end: running(s) & (s.step < end))
+        if config.loop == "while":
+            state = jax.lax.while_loop(cond, body, state)
+        else:
+            def scan_body(s, _, body=body, cond=cond):
+                return jax.lax.cond(cond(s), body, lambda x: x, s), None
 
-        state, _ = jax.lax.scan(scan_body, state, None, length=n - 1, unroll=config.unroll)
+            state, _ = jax.lax.scan(scan_body, state, None, length=end - start,
+                                    unroll=config.unroll)
+        start = end
     return state.out, state.cache
+
+
+def _prefill_with_prefix(graphdef, base, lora, prefix: SharedPrefix, tokens: Array,
+                         mask: Array, adapter_ids: Array, cache: KVCache
+                         ) -> tuple[Array, KVCache]:
+    """Prefill of `[prefix ; prompt]` rows that runs each group's prefix once.
+
+    Args:
+        tokens: `[batch, P]` the rows' own prompt tokens.
+        mask: `[batch, L + P]` the rows' full masks (prefix columns first).
+        cache: the full cache (only its dtype and layout are used).
+
+    Returns:
+        `(hidden [batch, L + P, H], prompt cache with L + P slots per row)`.
+    """
+    g, l = prefix.tokens.shape
+    prefix_mask = prefix.mask.astype(bool)
+    zeros = lambda x, rows, slots: jnp.zeros((rows, x.shape[1], slots, x.shape[3]), x.dtype)
+    first = lambda entry: entry[0] if isinstance(entry, tuple) else entry
+    group_cache = KVCache(*(tuple(zeros(first(x), g, l) for x in leaves)
+                            for leaves in (cache.keys, cache.values)))
+    group_hidden, group_cache = forward(  # [G, L, H]: each prefix once
+        graphdef, base, lora, prefix.tokens.astype(jnp.int32),
+        positions_from_mask(prefix_mask), prefix.adapter_ids, prefix_mask, group_cache, 0)
+    # Broadcast to the rows: [batch, kv_heads, L + P, head_dim], prefix slots filled.
+    p = tokens.shape[1]
+    rows = lambda x: jnp.concatenate([x[prefix.group], zeros(x, tokens.shape[0], p)], axis=2)
+    row_cache = KVCache(tuple(map(rows, group_cache.keys)),
+                        tuple(map(rows, group_cache.values)))
+    positions = positions_from_mask(mask)[:, l:]  # [batch, P], counting the prefix
+    hidden, row_cache = forward(graphdef, base, lora, tokens.astype(jnp.int32), positions,
+                                adapter_ids, mask, row_cache, l)
+    return jnp.concatenate([group_hidden[prefix.group], hidden], axis=1), row_cache
 
 
 def generate(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
              prompt_mask: Array, adapter_ids: Array, key: Array, temperatures: Array,
-             max_new: Array, *, config: SamplerConfig) -> Generation:
+             max_new: Array, *, config: SamplerConfig,
+             prefix: SharedPrefix | None = None) -> Generation:
     """Samples up to `config.max_new_tokens` tokens per row; pure and jittable.
 
     Args:
@@ -205,13 +299,18 @@ def generate(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,
         max_new: `[batch]` int32 per-row token limit (clipped to `config.max_new_tokens`;
             <= 0: the row generates nothing), or a scalar.
         config: static settings.
+        prefix: a `SharedPrefix` of groups of rows (their prompts are `prefix ; prompt`),
+            prefilled once per group and broadcast to its rows: the same generation as
+            the concatenated prompts (up to float rounding), with a prefill of
+            `G x L + batch x P` tokens instead of `batch x (L + P)`. None: no prefix.
 
     Returns:
         A `Generation` with `[batch, config.max_new_tokens]` fields.
     """
     cfg = model_config(graphdef, base, lora)
-    cache = init_cache(cfg, prompt_tokens.shape[0], prompt_tokens.shape[1], config)
+    p = prompt_tokens.shape[1] + (0 if prefix is None else prefix.length)
+    cache = init_cache(cfg, prompt_tokens.shape[0], p, config)
     out, _ = generate_with_cache(graphdef, base, lora, prompt_tokens, prompt_mask,
                                  adapter_ids, key, temperatures, max_new, cache,
-                                 config=config)
+                                 config=config, prefix=prefix)
     return out

@@ -43,7 +43,14 @@ class SamplerConfig:
         cache_dtype: dtype of the KV cache. None: float32 on the CPU backend (XLA's CPU
             backend upcasts a bfloat16 cache update to float32 and so copies the whole
             cache on every step instead of writing one slot in place), else the decode
-            dtype.
+            dtype. "bfloat16" is stored as its uint16 bit pattern (`models.decoder.KVCache`),
+            which XLA:CPU writes in place; attention then reads it as bfloat16.
+        decode_chunk: 0 (default): every decode step attends over all `P + N - 1` cache
+            slots, filled or not. c > 0: the generated tokens' slots are kept in segments
+            of c slots, and the decode loop runs in phases of c tokens; phase j attends
+            over the prompt and segments 0..j only (the filled ones), so early steps read
+            less of the cache. Exact up to float summation order; compiles one loop body
+            per phase (`ceil((N - 1) / c)` of them).
     """
 
     max_new_tokens: int = 256
@@ -58,6 +65,7 @@ class SamplerConfig:
     prefill_dtype: str | None = None
     decode_dtype: str | None = None
     cache_dtype: str | None = None
+    decode_chunk: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:
@@ -69,6 +77,9 @@ class SamplerConfig:
             raise ConfigError(f"sampler config: 'top_p' must be in (0, 1], got {self.top_p}")
         if self.loop not in LOOPS:
             raise ConfigError(f"sampler config: 'loop' is {self.loop!r}; choose from {LOOPS}")
+        if self.decode_chunk < 0:
+            raise ConfigError("sampler config: 'decode_chunk' must be >= 0, got "
+                              f"{self.decode_chunk}")
         if self.unroll < 1:
             raise ConfigError(f"sampler config: 'unroll' must be >= 1, got {self.unroll}")
         for name in ("prefill_dtype", "decode_dtype", "cache_dtype"):
@@ -103,3 +114,28 @@ class Generation:
     logprobs: Array
     policy_logprobs: Array | None
     lengths: Array
+
+
+@struct.dataclass
+class SharedPrefix:
+    """Prompt tokens shared by groups of rows: prefilled once per group, then broadcast.
+
+    Row r's prompt is `tokens[group[r]]` followed by its own prompt row; a group's prefix
+    runs with `adapter_ids[g]`, which must be the adapter of every row in the group (the
+    prefix's keys and values depend on it).
+
+    Attributes:
+        tokens: `[G, L]` int32 prefix ids (padding anywhere, usually left).
+        mask: `[G, L]` bool, true for real prefix tokens.
+        adapter_ids: `[G]` int32 adapter of each group (< 0: base model).
+        group: `[batch]` int32 group of each row.
+    """
+
+    tokens: Array
+    mask: Array
+    adapter_ids: Array
+    group: Array
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]

@@ -73,7 +73,7 @@ def check_heterogeneous(exp) -> None:
     Raises:
         ConfigError: naming the field: a JAX-native task (one vocabulary), an orchestrated
             team, a critic other than an action-level one on the "base" trunk, a device
-            mesh, or an unknown `team.critic_base`.
+            mesh, `ppo.row_trim`, `rollout.shared_prefix`, or an unknown `team.critic_base`.
     """
     from marft_jax.envs.registry import get_task
 
@@ -103,6 +103,12 @@ def check_heterogeneous(exp) -> None:
                           f"{ppo.critic_trunk!r}")
     if max(exp.mesh.data, 1) * max(exp.mesh.fsdp, 1) * max(exp.mesh.tp, 1) != 1:
         raise ConfigError("config field 'mesh': a heterogeneous team runs on one device")
+    if ppo.row_trim:
+        raise ConfigError("config field 'ppo.row_trim': not supported for a heterogeneous "
+                          "team (each base scores its own rows)")
+    if exp.rollout.shared_prefix:
+        raise ConfigError("config field 'rollout.shared_prefix': not supported for a "
+                          "heterogeneous team (its rollout has one sampler call per base)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from marft_jax.algorithms import scoring
 from marft_jax.algorithms.config import PPOConfig
 from marft_jax.algorithms.update import make_update
 from marft_jax.errors import ConfigError
@@ -109,8 +110,11 @@ class Iteration:
                      fault: tuple[jax.Array, jax.Array] | None = None):
         """`(state, metrics)` of the update on a prepared trajectory."""
         extra = () if fault is None else (fault,)
+        width = None
+        if self.host_steps and self.ppo.row_trim:
+            width = scoring.row_width(traj.obs_mask, traj.action_mask)
         return self.update(state, base, traj, sampling_key(root, Phase.UPDATE, it), words,
-                           *extra)
+                           *extra, row_width=width)
 
     def __call__(self, base, state, game, root: jax.Array, it, *,
                  fault: tuple[jax.Array, jax.Array] | None = None,

@@ -65,6 +65,8 @@ class RolloutSettings:
         cross_tokens: a heterogeneous team's width of a response carried into another
             base's tokens (longer texts are cut, with a warning); 0 = twice
             `sampling.max_new_tokens`.
+        shared_prefix: prefill each agent's prefix (system prompt) once per wave and
+            broadcast it to the envs (`flexmg.rollout.RolloutConfig.shared_prefix`).
     """
 
     num_envs: int = 8
@@ -73,6 +75,7 @@ class RolloutSettings:
     reward_placement: str = "last"
     obs_tokens: int = 0
     cross_tokens: int = 0
+    shared_prefix: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +87,16 @@ class SamplingConfig:
         temperature: the training rollouts' temperature (and sampled evaluation's).
         top_k: 0 = off.
         top_p: nucleus mass in (0, 1].
+        decode_chunk: the sampler's decode phases (`sampling.SamplerConfig.decode_chunk`):
+            0 = every step attends over the whole KV cache; c > 0 = phases of c tokens
+            that attend over the filled cache chunks only.
     """
 
     max_new_tokens: int = 256
     temperature: float = 0.5
     top_k: int = 50
     top_p: float = 1.0
+    decode_chunk: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

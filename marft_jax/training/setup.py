@@ -147,11 +147,12 @@ def build_setup(exp: Experiment) -> RunSetup:
                           "sampling.max_new_tokens")
     rollout_config = RolloutConfig(num_rounds=exp.rollout.num_rounds, horizon=horizon,
                                    obs_tokens=obs_tokens, action_tokens=k,
-                                   reward_placement=exp.rollout.reward_placement, pad_id=pad)
+                                   reward_placement=exp.rollout.reward_placement, pad_id=pad,
+                                   shared_prefix=exp.rollout.shared_prefix)
     exp = with_micro_batches(exp, cfg, rollout_config)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,
-                            pad_token_id=pad)
+                            pad_token_id=pad, decode_chunk=exp.sampling.decode_chunk)
     router = None
     if team.orchestrator is not None:  # the task's own router, else the host-parsed text
         router = task.router or host_router(team, tokenizer)
@@ -268,8 +269,8 @@ def with_micro_batches(exp: Experiment, model_config: ModelConfig,
 
 def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
                      plan: Plan | None = None, base_index: int | None = None):
-    """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key)`
-    (of base `base_index` of a heterogeneous team).
+    """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key,
+    prefix=None)` (of base `base_index` of a heterogeneous team).
 
     With a `plan`, prompt rows are split over the env shards and the KV cache is laid out
     by `parallel.KV_CACHE_SPEC` (rows on data × fsdp, KV heads on tp).
@@ -277,16 +278,19 @@ def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
     config = sampler or setup.sampler
     graphdef = setup.graphdef if base_index is None else setup.graphdef[base_index]
 
-    def generate_fn(params, tokens, mask, adapter_ids, temperatures, max_new, key):
+    def generate_fn(params, tokens, mask, adapter_ids, temperatures, max_new, key,
+                    prefix=None):
         base, lora = params
         if plan is None:
             return generate(graphdef, base, lora, tokens, mask, adapter_ids, key, temperatures,
-                            max_new, config=config)
+                            max_new, config=config, prefix=prefix)
         tokens, mask = plan.constrain_envs((tokens, mask), axis=0)
+        width = tokens.shape[1] + (0 if prefix is None else prefix.length)
         cache = plan.constrain_kv_cache(init_cache(model_config(graphdef, base, lora),
-                                                   tokens.shape[0], tokens.shape[1], config))
+                                                   tokens.shape[0], width, config))
         out, _ = generate_with_cache(graphdef, base, lora, tokens, mask, adapter_ids, key,
-                                     temperatures, max_new, cache, config=config)
+                                     temperatures, max_new, cache, config=config,
+                                     prefix=prefix)
         return out
 
     return generate_fn

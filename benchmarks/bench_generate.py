@@ -74,6 +74,7 @@ import jax  # noqa: E402
 from marft_jax.models.config import LoraConfig  # noqa: E402
 from marft_jax.models.weights import load_model  # noqa: E402
 from marft_jax.sampling import Sampler, SamplerConfig  # noqa: E402
+from marft_jax.timing import timed  # noqa: E402
 
 TOP_K, TEMPERATURE = 50, 0.5
 
@@ -83,14 +84,8 @@ def copy_bandwidth(nbytes=512 * 2**20, repeats=5) -> float:
     a = np.ones(nbytes // 8)
     b = np.empty_like(a)
     np.copyto(b, a)
-    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
+    best = min(timed(lambda: np.copyto(b, a)) for _ in range(repeats))
     return 2 * a.nbytes / best / 1e9
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def _none(name):
@@ -243,22 +238,22 @@ def bench_model(name: str, path: str, results: list, bandwidth: float):
                     row["ours"][decode] = dict(compile_s=time.perf_counter() - t0, total=[],
                                                prefill=[])
                 for dtype, model in hf_models.items():  # warm-up at full size
-                    row["hf"][dtype] = dict(warmup_s=_timed(
+                    row["hf"][dtype] = dict(warmup_s=timed(
                         lambda: run_hf(model, tokens, mode, new)), total=[])
                 for rep in range(ARGS.repeats):
                     for decode, (full, first) in samplers.items():
                         times = row["ours"][decode]
                         cpu0 = time.process_time()
-                        times["total"].append(_timed(
+                        times["total"].append(timed(
                             lambda: run_ours(full, loaded, tokens, mode, new, rep + 1)))
                         cpu1 = time.process_time()
-                        times["prefill"].append(_timed(
+                        times["prefill"].append(timed(
                             lambda: run_ours(first, loaded, tokens, mode, 1, rep + 1)))
                         times.setdefault("total_cpu", []).append(cpu1 - cpu0)
                         times.setdefault("prefill_cpu", []).append(time.process_time() - cpu1)
                     for dtype, model in hf_models.items():
                         row["hf"][dtype]["total"].append(
-                            _timed(lambda: run_hf(model, tokens, mode, new)))
+                            timed(lambda: run_hf(model, tokens, mode, new)))
                 for decode, times in row["ours"].items():
                     t_ours, t_pre = np.median(times["total"]), np.median(times["prefill"])
                     step = (t_ours - t_pre) / max(new - 1, 1)

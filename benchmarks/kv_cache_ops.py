@@ -21,17 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from marft_jax.timing import median_ms
+
 B, KV, G, D, LAYERS = 8, 3, 3, 64, 30
-
-
-def _median_ms(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def cache_writes(repeats, slots=4096, steps=200):
@@ -78,7 +70,7 @@ def attention_reads(repeats, slots=383, width=192):
     for name, (cache, w) in cases.items():
         fn = jax.jit(lambda q, c, w=w: _attention(q, c, c, w))
         print(f"attention read, {LAYERS} layers, {name}: "
-              f"{_median_ms(fn, (q, cache), repeats):7.2f} ms")
+              f"{median_ms(fn, q, cache, repeats=repeats):7.2f} ms")
 
 
 def main():

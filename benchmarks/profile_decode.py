@@ -49,6 +49,7 @@ from marft_jax.models.weights import load_model  # noqa: E402
 from marft_jax.sampling import SamplerConfig  # noqa: E402
 from marft_jax.sampling import distributions as D  # noqa: E402
 from marft_jax.sampling.generate import cast_params  # noqa: E402
+from marft_jax.timing import median_ms, timed  # noqa: E402
 
 
 def _args():
@@ -62,16 +63,6 @@ def _args():
     p.add_argument("--prompt_len", type=int, default=128, help="--op_breakdown only")
     p.add_argument("--new_tokens", type=int, default=64, help="--op_breakdown only")
     return p.parse_args()
-
-
-def _median_ms(fn, *args, repeats):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(times))
 
 
 def op_breakdown(m, args):
@@ -190,18 +181,18 @@ def main():
     nbytes = sum(w.size * w.dtype.itemsize for w in kernels)
     host = np.ones(nbytes // 4, np.float32)
     dst = np.empty_like(host)
-    copy_ms = 1e3 * min(_timed(lambda: np.copyto(dst, host)) for _ in range(5))
+    copy_ms = 1e3 * min(timed(lambda: np.copyto(dst, host)) for _ in range(5))
     embed_bytes = cfg.vocab_size * cfg.hidden_size * dtype.itemsize
     r = args.repeats
     rows = [
-        ("step (top-k 50 draw)", _median_ms(step, base, lora, cache, repeats=r)),
-        ("layers", _median_ms(layers, base, lora, cache, repeats=r)),
-        ("layers_nolora", _median_ms(layers_nolora, cast_params(plain.base, args.dtype),
+        ("step (top-k 50 draw)", median_ms(step, base, lora, cache, repeats=r)),
+        ("layers", median_ms(layers, base, lora, cache, repeats=r)),
+        ("layers_nolora", median_ms(layers_nolora, cast_params(plain.base, args.dtype),
                                      plain.lora, cache, repeats=r)),
-        ("lm_head", _median_ms(lm_head, base, lora, repeats=r)),
-        ("draw greedy", _median_ms(draw_greedy, logits, repeats=r)),
-        ("draw top-k 50", _median_ms(draw_topk, logits, repeats=r)),
-        ("matmul_floor", _median_ms(matmul_floor, kernels, repeats=r)),
+        ("lm_head", median_ms(lm_head, base, lora, repeats=r)),
+        ("draw greedy", median_ms(draw_greedy, logits, repeats=r)),
+        ("draw top-k 50", median_ms(draw_topk, logits, repeats=r)),
+        ("matmul_floor", median_ms(matmul_floor, kernels, repeats=r)),
         ("copy of layer weights", copy_ms),
     ]
     print(f"batch {b}, cache slots {s}, compute dtype {args.dtype}; layer weights "
@@ -213,12 +204,6 @@ def main():
     print(f"  layers read {gb(nbytes, rows[1][1]):.1f} GB/s, matmul_floor "
           f"{gb(nbytes, rows[6][1]):.1f} GB/s, lm_head {gb(embed_bytes, rows[3][1]):.1f} GB/s, "
           f"copy {2 * gb(nbytes, copy_ms):.1f} GB/s (read + write)")
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

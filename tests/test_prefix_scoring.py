@@ -37,21 +37,23 @@ def prefixed_trajectory(seed, lengths=(3, 5), obs_len=10, **sizes):
     return traj.replace(obs_tokens=jnp.asarray(obs), obs_mask=jnp.asarray(mask)), prefixes
 
 
-def test_prefix_scores_and_gradients_equal_whole_rows(model):
+@pytest.mark.parametrize("remat", ["none", "layers"])
+def test_prefix_scores_and_gradients_equal_whole_rows(model, remat):
     graphdef, base, lora = model
     lora = jax.tree.map(lambda x: x + 0.05, lora)
     traj, prefixes = prefixed_trajectory(21, rounds=2, agents=2, envs=3, act_len=4)
     args = (traj.obs_tokens, traj.obs_mask, traj.action_tokens, traj.action_mask)
 
-    def score(lora, prefix):
+    def score(lora, prefix, remat="none"):
         s = scoring.score_actions(graphdef, base, lora, *args, traj.adapter_ids,
-                                  num_value_positions=4, prefix=prefix)
+                                  num_value_positions=4, remat=remat, prefix=prefix)
         objective = jnp.sum(jnp.where(traj.action_mask, s.token_logprobs + s.entropy, 0.0))
         return objective, s
 
     run = jax.jit(jax.value_and_grad(score, has_aux=True), static_argnums=1)
     (full_obj, full), full_grads = run(lora, None)
-    shared_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes), has_aux=True))
+    shared_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes, remat),
+                                            has_aux=True))  # remat: the layer scan
     (obj, shared), grads = shared_run(lora)
     m = np.asarray(traj.action_mask)
     for got, want in ((shared.token_logprobs, full.token_logprobs),
@@ -68,15 +70,17 @@ def test_prefix_scores_and_gradients_equal_whole_rows(model):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [MARFT_A.replace(kl_coef=0.1), ROTATION],
-                         ids=["marft_a_base_trunk", "marft_t_shared_trunk"])
+@pytest.mark.parametrize("config", [MARFT_A.replace(kl_coef=0.1), ROTATION,
+                                    MARFT_A.replace(remat="layers")],
+                         ids=["marft_a_base_trunk", "marft_t_shared_trunk", "marft_a_remat"])
 def test_update_with_shared_prefix_equals_the_whole_row_update(model, config):
     graphdef, base, lora = model
     traj, prefixes = prefixed_trajectory(22, rounds=2, agents=2, envs=4, act_len=4,
                                          target_share=0.5)
     state = create_train_state(config, lora, jax.random.key(1), 64, 2)
     key = jax.random.key(2)
-    full_state, full_metrics = make_update(graphdef, config)(state, base, traj, key)
+    whole = make_update(graphdef, config.replace(remat="none"))  # the plain forward
+    full_state, full_metrics = whole(state, base, traj, key)
     shared_update = make_update(graphdef, config.replace(shared_prefix=True),
                                 prefix=prefixes)
     new_state, metrics = shared_update(state, base, traj, key)
@@ -93,10 +97,8 @@ def test_update_with_shared_prefix_equals_the_whole_row_update(model, config):
         np.testing.assert_allclose(metrics[name], full_metrics[name], rtol=1e-4, atol=1e-6)
 
 
-def test_shared_prefix_refuses_row_trim_remat_and_a_missing_prefix(model):
+def test_shared_prefix_refuses_row_trim_and_a_missing_prefix(model):
     with pytest.raises(ConfigError, match="shared_prefix"):
         PPOConfig(shared_prefix=True, row_trim=True)
-    with pytest.raises(ConfigError, match="shared_prefix"):
-        PPOConfig(shared_prefix=True, remat="layers")
     with pytest.raises(ConfigError, match="shared_prefix"):
         make_update(model[0], MARFT_A.replace(shared_prefix=True))

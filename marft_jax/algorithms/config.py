@@ -137,8 +137,8 @@ class PPOConfig:
             pre-update passes — and let every row's remainder attend to its keys and values
             (`scoring.score_actions(prefix=...)`; the critic's features too, either
             trunk); gradients reach the adapters through the one prefix pass. Same
-            results up to float rounding. Excludes `row_trim` and a `remat` other than
-            "none" (the rematerialised layer scan takes no cache).
+            results up to float rounding. Excludes `row_trim` (its compacted rows would
+            need their own column split).
         skip_no_signal: skip an adapter's policy step when none of its decisions in the
             minibatch has a nonzero advantage (after normalisation), counted as
             `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
@@ -207,10 +207,9 @@ class PPOConfig:
                                   f"choose from {list(allowed)}")
         if not self.critic_hidden:
             raise ConfigError("ppo config: field 'critic_hidden' needs at least one width")
-        if self.shared_prefix and (self.row_trim or self.remat != "none"):
-            raise ConfigError("ppo config: field 'shared_prefix' excludes 'row_trim' and a "
-                              f"'remat' other than 'none' (got row_trim={self.row_trim}, "
-                              f"remat={self.remat!r})")
+        if self.shared_prefix and self.row_trim:
+            raise ConfigError("ppo config: field 'shared_prefix' cannot be combined with "
+                              "'row_trim' (set one of them false)")
 
     @property
     def spec(self) -> AlgorithmSpec:

@@ -162,7 +162,7 @@ def _agent_major(x: Array, a: int) -> Array:
 
 def _prefix_window(graphdef, base, lora, prefix: Segments, obs_tokens: Array,
                    obs_mask: Array, action_tokens: Array, action_mask: Array,
-                   adapter_ids: Array | int) -> Array:
+                   adapter_ids: Array | int, remat: str) -> Array:
     """Hidden states at columns `O - 1 .. O + K - 2` of the `[obs ; action]` rows,
     `[rows, K, H]` in `to_rows` order, with each agent's prefix run once.
 
@@ -193,7 +193,8 @@ def _prefix_window(graphdef, base, lora, prefix: Segments, obs_tokens: Array,
                                to_rows(action_mask))  # [rows, W + K]
     mask = jnp.concatenate([shared.mask[shared.group], mask], axis=1)  # [rows, L + W + K]
     group_hidden, hidden, _ = F.prefix_forward(graphdef, base, lora, shared, tokens, mask,
-                                               ids[shared.group])  # [A, L, H], [rows, W+K, H]
+                                               ids[shared.group], remat=remat)
+    # group_hidden [A, L, H], hidden [rows, W + K, H]
     window = hidden[:, w - 1:w - 1 + k]  # [rows, K, H]
     last = group_hidden[np.arange(a), np.maximum(lengths - 1, 0)]  # [A, H]
     first = jnp.where(rest_mask[:, -1:], window[:, 0], last[shared.group])  # [rows, H]
@@ -209,10 +210,10 @@ def _scored_hidden(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     `score_actions` for the arguments)."""
     r, a, e, o = obs_tokens.shape
     if prefix is not None:
-        if row_width is not None or remat != "none":
-            raise ValueError("score_actions: a prefix excludes row_width and remat")
+        if row_width is not None:
+            raise ValueError("score_actions: a prefix excludes row_width")
         return _prefix_window(graphdef, base, lora, prefix, obs_tokens, obs_mask,
-                              action_tokens, action_mask, adapter_ids), None, o - 1
+                              action_tokens, action_mask, adapter_ids, remat), None, o - 1
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
     ids = _row_adapter_ids(adapter_ids, r, a, e)
     hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
@@ -243,7 +244,7 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
         prefix: every agent's observation prefix (`ObservationLayout.prefix`, `[A, ...]`
             host arrays; `ppo.shared_prefix`), run once per call and attended to by the
             rows' remainders; None: whole rows. Same results up to float rounding; excludes
-            `row_width` and a `remat` other than "none".
+            `row_width`.
 
     Returns:
         `Scores` with `[R, A, E, ...]` leading axes.

@@ -78,7 +78,7 @@ def forward(graphdef, base: nnx.State, lora: nnx.State, tokens: Array, positions
 
 
 def prefix_forward(graphdef, base: nnx.State, lora: nnx.State, prefix, tokens: Array,
-                   mask: Array, adapter_ids: Array, dtype=None
+                   mask: Array, adapter_ids: Array, dtype=None, remat: str = "none"
                    ) -> tuple[Array, Array, KVCache]:
     """Forward of `[prefix ; row]` rows that runs each group's prefix once.
 
@@ -96,6 +96,7 @@ def prefix_forward(graphdef, base: nnx.State, lora: nnx.State, prefix, tokens: A
         adapter_ids: `[batch]` adapter of each row (its group's).
         dtype: the cache's storage dtype; None: the model's (differentiable: a
             `decoder.BF16_BITS` cache is not).
+        remat: both passes' rematerialisation (`models.remat.REMAT_POLICIES`).
 
     Returns:
         `(prefix hidden [G, L, H], row hidden [batch, P, H], the rows' cache with
@@ -111,14 +112,15 @@ def prefix_forward(graphdef, base: nnx.State, lora: nnx.State, prefix, tokens: A
     prefix_mask = prefix.mask.astype(bool)
     group_hidden, group_cache = forward(  # [G, L, H]: each prefix once
         graphdef, base, lora, prefix.tokens.astype(jnp.int32),
-        positions_from_mask(prefix_mask), prefix.adapter_ids, prefix_mask, group_cache, 0)
+        positions_from_mask(prefix_mask), prefix.adapter_ids, prefix_mask, group_cache, 0,
+        remat)
     # Broadcast to the rows: [batch, kv_heads, L + P, head_dim], prefix slots filled.
     rows = lambda x: jnp.concatenate([x[prefix.group], zeros(b, p)], axis=2)
     row_cache = KVCache(tuple(map(rows, group_cache.keys)),
                         tuple(map(rows, group_cache.values)))
     positions = positions_from_mask(mask)[:, l:]  # [batch, P], counting the prefix
     hidden, row_cache = forward(graphdef, base, lora, tokens.astype(jnp.int32), positions,
-                                adapter_ids, mask, row_cache, l)
+                                adapter_ids, mask, row_cache, l, remat)
     return group_hidden, hidden, row_cache
 
 

@@ -135,8 +135,8 @@ def split_prefix(prefixes: Segments, wave: tuple[int, ...], obs: Array, mask: Ar
                  adapter_of: Array) -> tuple[SharedPrefix, Array, Array]:
     """A wave's observations as its agents' shared prefixes and the rows' remainders.
 
-    Also the update's column split (`algorithms.prefix_scoring`, with every agent as the
-    wave and the rounds × envs as E).
+    Also the update's column split (`algorithms.scoring.score_actions(prefix=...)`, with
+    every agent as the wave and the rounds × envs as E).
 
     Args:
         prefixes: every agent's prefix (`ObservationLayout.prefix`, host arrays).

@@ -170,6 +170,9 @@ def main(argv):
           f"(trimmed {o}), action width {k}, generated tokens {gen_tokens}, update "
           f"tokens/epoch {update_tokens}; ppo.row_trim's row width {compact} of {o + k} "
           "(last iteration)")
+    lengths = np.asarray(setup.layout.prefix.lengths)
+    print(f"ppo.shared_prefix: prefixes {lengths.tolist()} tokens, row remainder width "
+          f"{o - int(lengths.min())} (+ {k}); FLOPs below count whole rows")
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name}: median {medians[name]:.2f}s over {len(values)} "
@@ -186,6 +189,12 @@ def main(argv):
               f"{ppo.epochs * update_tokens / seconds:.1f} tokens/s, "
               f"{flops / 1e9:.1f} GFLOP counted, MFU {flops / seconds / peak_flops:.1%}, "
               f"estimated peak {estimate / 1e9:.2f} GB")
+    for name in variants:
+        if name != "config":
+            diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(
+                jax.tree.leaves(states[name].lora), jax.tree.leaves(states["config"].lora)))
+            print(f"update[{name}]: largest adapter difference to update[config] after "
+                  f"{_REPEATS.value + 1} updates: {diff:.2e}")
     print(f"episodes per CPU-minute: {episodes / (cpu_seconds / 60):.2f} ({episodes:.0f} "
           f"episodes, {cpu_seconds:.1f} CPU-s in {_REPEATS.value} iterations)")
     print(f"peak RSS (ru_maxrss): {peak_rss_gb:.2f} GB")

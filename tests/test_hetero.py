@@ -183,7 +183,8 @@ def test_heterogeneous_team_refuses_what_it_cannot_do(bases, tmp_path):
     c.ppo.critic_trunk = "shared"
     with pytest.raises(ConfigError, match="ppo.critic_trunk"):
         finalize(c)
-    for field, value in (("ppo", "row_trim"), ("rollout", "shared_prefix")):
+    for field, value in (("ppo", "row_trim"), ("ppo", "shared_prefix"),
+                         ("rollout", "shared_prefix")):
         c = hetero_config(llama, team)
         setattr(getattr(c, field), value, True)
         with pytest.raises(ConfigError, match=f"{field}.{value}"):

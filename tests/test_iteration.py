@@ -41,3 +41,24 @@ def test_a_timed_iteration_reports_every_phase_and_trims(setup):
     assert out.traj.action_tokens.shape[-1] == 2  # the token budget, under 32
     quiet = iteration(setup.base, out.state, out.game, jax.random.key(0), 1)
     assert quiet.seconds == {}
+
+
+def test_shared_prefix_update_equals_the_whole_row_update(setup):
+    """`ppo.shared_prefix` with the team's own layout: its prefixes are where the rollout
+    put them, so the update on the same trajectory gives the same adapters and critic."""
+    import numpy as np
+
+    assert int(np.min(setup.layout.prefix.lengths)) > 0
+    state, game = initial_state(setup)
+    root = jax.random.key(0)
+    whole = make_iteration(setup)
+    shared = make_iteration(setup, ppo=setup.exp.ppo.replace(shared_prefix=True))
+    _, traj = whole.rollout_phase(setup.base, state, game, root, 0)
+    traj, words = whole.prepare(traj)
+    want, want_metrics = whole.update_phase(setup.base, state, traj, words, root, 0)
+    got, metrics = shared.update_phase(setup.base, state, traj, words, root, 0)
+    for x, y in zip(jax.tree.leaves((got.lora, got.critic)),
+                    jax.tree.leaves((want.lora, want.critic))):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    for name in ("policy_loss", "value_loss", "grad_norm"):
+        np.testing.assert_allclose(metrics[name], want_metrics[name], rtol=1e-4, atol=1e-6)

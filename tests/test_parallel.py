@@ -30,7 +30,8 @@ WORKER = ROOT / "tests" / "parallel_worker.py"
 ROUTE = ":team.profiles='token_route'|task.kind='route'"
 FIRST = ["one:1,1,1,auto,2", "data2_fsdp2:2,2,1,auto,2", "data2_tp2:2,1,2,auto,2",
          "route_one:1,1,1,auto,2" + ROUTE]
-SECOND = ["data4:4,1,1,auto,2", "shard_map4:4,1,1,shard_map,2", "route_data4:4,1,1,auto,2" + ROUTE]
+SECOND = ["data4:4,1,1,auto,2", "shard_map4:4,1,1,shard_map,2", "route_data4:4,1,1,auto,2" + ROUTE,
+          "prefix_shard_map4:4,1,1,shard_map,2:ppo.shared_prefix=True"]
 TWO_PROCESSES = ["two_processes:2,2,1,auto,2"]  # data across the processes, fsdp within
 TOL = 1e-5
 
@@ -121,6 +122,11 @@ def test_sharded_training_matches_one_device(jobs, name):
 @pytest.mark.slow
 def test_orchestrated_team_sharded_matches_one_device(jobs):
     _assert_same_run(jobs, "route_data4", "route_one")
+
+
+@pytest.mark.slow
+def test_shared_prefix_update_sharded_matches_whole_rows_on_one_device(jobs):
+    _assert_same_run(jobs, "prefix_shard_map4", "one")
 
 
 @pytest.mark.slow

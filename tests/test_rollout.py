@@ -227,7 +227,7 @@ def test_split_prefix_keeps_every_observation_token():
     _, traj, layout = _run(team, [("3+4?", "7"), ("1+1?", "2")], lambda a, _: "x",
                            style="chat", rounds=1, envs=2, obs_tokens=160)
     obs, mask = traj.obs_tokens[0, :2], traj.obs_mask[0, :2]  # wave 0: the two solvers
-    prefix, rest, rest_mask = split_prefix(layout, (0, 1), obs, mask, np.array([0, 1, 2]))
+    prefix, rest, rest_mask = split_prefix(layout.prefix, (0, 1), obs, mask, np.array([0, 1, 2]))
     lengths = np.asarray(layout.prefix.lengths)[:2]
     assert rest.shape == (4, 160 - lengths.min()) and prefix.tokens.shape[1] == lengths.max()
     for row in range(4):

@@ -97,7 +97,7 @@ def env_chunk(num_envs: int, target: int) -> int:
 
 def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic, base,
                   traj: Trajectory, word_counts: Array | None, chunk: int,
-                  row_width: int | None = None, groups=None):
+                  row_width: int | None = None, groups=None, prefix=None):
     """Scores the trajectory with the pre-update parameters and computes advantages.
 
     Args:
@@ -111,6 +111,8 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         row_width: compacted row width of the scoring passes (`scoring.row_width`) or None.
         groups: a heterogeneous team's `BaseGroups` (graphdef, lora, base are then per-base
             tuples; `algorithms.multibase`), or None.
+        prefix: the agents' observation prefixes (`ppo.shared_prefix`: each scoring pass
+            runs them once per chunk, `scoring.score_actions`), or None.
 
     Returns:
         `(Batch, stats)` with scalar statistics of advantages, returns and values.
@@ -152,21 +154,21 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         if config.recompute_old_logprobs:
             s = scoring.score_actions(graphdef, base, lora, *args, traj.adapter_ids,
                                       num_value_positions=p if shared_trunk else None,
-                                      row_width=row_width)
+                                      row_width=row_width, prefix=prefix)
             out["old_logprobs"], feats = s.token_logprobs, s.features
         elif shared_trunk:
             feats = scoring.trunk_features(graphdef, base, lora, *args, traj.adapter_ids, p,
-                                           row_width)
+                                           row_width, prefix)
         if config.kl_coef > 0:
             s = scoring.score_actions(graphdef, base, lora, *args, BASE_ADAPTER,
                                       num_value_positions=p if base_trunk else None,
-                                      row_width=row_width)
+                                      row_width=row_width, prefix=prefix)
             out["ref_logprobs"] = s.token_logprobs
             if base_trunk:
                 feats = out["base_features"] = s.features
         elif base_trunk:
             feats = out["base_features"] = scoring.trunk_features(
-                graphdef, base, lora, *args, BASE_ADAPTER, p, row_width)
+                graphdef, base, lora, *args, BASE_ADAPTER, p, row_width, prefix)
         if critic_on:
             out["values"] = evaluate_values(critic, feats, head_ids, spec.level)
         return out

@@ -64,7 +64,7 @@ PPO_RULES: dict[str, Rule] = {
     "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
     "advantage_norm_eps": NON_NEGATIVE, "group_size": POSITIVE_INT, "grpo_eps": NON_NEGATIVE,
     "ippo_own_weight": UNIT, "recompute_old_logprobs": FLAG, "skip_no_signal": FLAG,
-    "row_trim": FLAG,
+    "row_trim": FLAG, "shared_prefix": FLAG,
 }
 
 
@@ -131,6 +131,14 @@ class PPOConfig:
             the action width, which the batch-wide trim keeps. The training iteration
             computes the width on the host (`scoring.row_width`, a multiple of 32) and
             passes it to the update; same results up to float rounding.
+        shared_prefix: run each agent's observation prefix (its system prompt,
+            `ObservationLayout.prefix`, which every observation starts with) once per
+            scoring call — once per micro-batch in the update, once per env chunk in the
+            pre-update passes — and let every row's remainder attend to its keys and values
+            (`scoring.score_actions(prefix=...)`; the critic's features too, either
+            trunk); gradients reach the adapters through the one prefix pass. Same
+            results up to float rounding. Excludes `row_trim` (its compacted rows would
+            need their own column split).
         skip_no_signal: skip an adapter's policy step when none of its decisions in the
             minibatch has a nonzero advantage (after normalisation), counted as
             `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
@@ -174,6 +182,7 @@ class PPOConfig:
     skip_no_signal: bool = True
     remat: str = "none"
     row_trim: bool = False
+    shared_prefix: bool = False
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -198,6 +207,9 @@ class PPOConfig:
                                   f"choose from {list(allowed)}")
         if not self.critic_hidden:
             raise ConfigError("ppo config: field 'critic_hidden' needs at least one width")
+        if self.shared_prefix and self.row_trim:
+            raise ConfigError("ppo config: field 'shared_prefix' cannot be combined with "
+                              "'row_trim' (set one of them false)")
 
     @property
     def spec(self) -> AlgorithmSpec:

@@ -5,6 +5,12 @@ concatenation has all real tokens contiguous, so RoPE positions follow from the 
 logits at position `O - 1 + k` predict action token k. One forward yields the per-token
 log-probs, entropies and the hidden states the critic reads (at `critic.value_columns`),
 which is what lets the "shared" critic trunk cost no extra pass.
+
+With a `prefix` (`ppo.shared_prefix`) every agent's observations start with its prefix
+(its system prompt, `ObservationLayout.prefix`): the prefixes run once per call and the
+rows' remainders attend to their keys and values (`functional.prefix_forward`, the
+sampler's mechanism; the columns split as the rollout splits them,
+`flexmg.rollout.split_prefix`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import numpy as np
 from flax import struct
 
 from marft_jax.algorithms import critic as critic_lib
+from marft_jax.flexmg.layout import Segments
+from marft_jax.flexmg.rollout import split_prefix
 from marft_jax.models import functional as F
 
 Array = jax.Array
@@ -145,10 +153,78 @@ def _row_hidden(graphdef, base, lora, tokens: Array, mask: Array, adapter_ids: A
     return _hidden(graphdef, base, lora, tokens, mask, adapter_ids, remat), shift
 
 
+def _agent_major(x: Array, a: int) -> Array:
+    """`[R, A, E, ...]` -> `[A, E * R, ...]` (row `n` of agent `a` is `to_rows` row
+    `n * A + a`)."""
+    rows = to_rows(x)
+    return jnp.swapaxes(rows.reshape((-1, a) + rows.shape[1:]), 0, 1)
+
+
+def _prefix_window(graphdef, base, lora, prefix: Segments, obs_tokens: Array,
+                   obs_mask: Array, action_tokens: Array, action_mask: Array,
+                   adapter_ids: Array | int, remat: str) -> Array:
+    """Hidden states at columns `O - 1 .. O + K - 2` of the `[obs ; action]` rows,
+    `[rows, K, H]` in `to_rows` order, with each agent's prefix run once.
+
+    Arguments as in `score_actions`. The rows are split as `flexmg.rollout.split_prefix`
+    splits a wave (every agent one group, the prefixes run with the agents' adapters).
+    A row whose observation is only its prefix reads its last observation token's hidden
+    state from the prefix's pass; a row without observation tokens (never scored with real
+    actions) attends to its agent's prefix.
+    """
+    r, a, e, o = obs_tokens.shape
+    k = action_tokens.shape[-1]
+    lengths = np.asarray(prefix.lengths)  # [A], static
+    chex.assert_shape(lengths, (a,))
+    if o <= int(lengths.min()):  # keep a remainder column: the last observation token
+        pad = lambda x: jnp.pad(x, [(0, 0)] * 3 + [(1, 0)])
+        obs_tokens, obs_mask = pad(obs_tokens), pad(obs_mask)
+    ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (a,))
+    shared, rest, rest_mask = split_prefix(prefix, tuple(range(a)),
+                                           _agent_major(obs_tokens, a),
+                                           _agent_major(obs_mask, a), ids)
+    # [A * E * R, W] agent-major -> [rows, W] in `to_rows` order; row n * A + a is agent a's.
+    in_rows = lambda x: jnp.swapaxes(x.reshape(a, -1, x.shape[-1]), 0, 1).reshape(
+        -1, x.shape[-1])
+    rest, rest_mask = in_rows(rest), in_rows(rest_mask)  # [rows, W]
+    rows, w = rest.shape
+    shared = shared.replace(group=jnp.tile(jnp.arange(a, dtype=jnp.int32), rows // a))
+    tokens, mask = concat_rows(rest, rest_mask, to_rows(action_tokens),
+                               to_rows(action_mask))  # [rows, W + K]
+    mask = jnp.concatenate([shared.mask[shared.group], mask], axis=1)  # [rows, L + W + K]
+    group_hidden, hidden, _ = F.prefix_forward(graphdef, base, lora, shared, tokens, mask,
+                                               ids[shared.group], remat=remat)
+    # group_hidden [A, L, H], hidden [rows, W + K, H]
+    window = hidden[:, w - 1:w - 1 + k]  # [rows, K, H]
+    last = group_hidden[np.arange(a), np.maximum(lengths - 1, 0)]  # [A, H]
+    first = jnp.where(rest_mask[:, -1:], window[:, 0], last[shared.group])  # [rows, H]
+    return window.at[:, 0].set(first)
+
+
+def _scored_hidden(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
+                   action_tokens: Array, action_mask: Array, adapter_ids: Array | int,
+                   remat: str, row_width: int | None, prefix: Segments | None
+                   ) -> tuple[Array, Array | None, int]:
+    """`(hidden, shift, origin)` of the `[obs ; action]` rows (`to_rows` order):
+    `_hidden_at(hidden, columns - origin, shift)` reads columns ≥ O - 1 (see
+    `score_actions` for the arguments)."""
+    r, a, e, o = obs_tokens.shape
+    if prefix is not None:
+        if row_width is not None:
+            raise ValueError("score_actions: a prefix excludes row_width")
+        return _prefix_window(graphdef, base, lora, prefix, obs_tokens, obs_mask,
+                              action_tokens, action_mask, adapter_ids, remat), None, o - 1
+    tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
+    ids = _row_adapter_ids(adapter_ids, r, a, e)
+    hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
+                                remat, row_width)  # [rows, O + K or row_width, H]
+    return hidden, shift, 0
+
+
 def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                   action_tokens: Array, action_mask: Array, adapter_ids: Array, *,
                   num_value_positions: int | None, remat: str = "none",
-                  row_width: int | None = None) -> Scores:
+                  row_width: int | None = None, prefix: Segments | None = None) -> Scores:
     """Log-probs, entropies and critic features of actions, one forward pass.
 
     Args:
@@ -165,6 +241,10 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
         row_width: score the rows compacted to this width (`compact_rows`; from
             `row_width`, host-side), None for the full `O + K`. Same results; the values
             at padded action positions (masked everywhere) may differ.
+        prefix: every agent's observation prefix (`ObservationLayout.prefix`, `[A, ...]`
+            host arrays; `ppo.shared_prefix`), run once per call and attended to by the
+            rows' remainders; None: whole rows. Same results up to float rounding; excludes
+            `row_width`.
 
     Returns:
         `Scores` with `[R, A, E, ...]` leading axes.
@@ -172,11 +252,10 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     chex.assert_rank([obs_tokens, action_tokens], 4)
     r, a, e, o = obs_tokens.shape
     k = action_tokens.shape[-1]
-    tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
-    ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
-                                remat, row_width)  # [rows, O + K or row_width, H]
-    before_action = _hidden_at(hidden, o - 1 + np.arange(k), shift)  # [rows, K, H]
+    hidden, shift, origin = _scored_hidden(graphdef, base, lora, obs_tokens, obs_mask,
+                                           action_tokens, action_mask, adapter_ids, remat,
+                                           row_width, prefix)
+    before_action = _hidden_at(hidden, o - 1 - origin + np.arange(k), shift)  # [rows, K, H]
     logits = F.lm_logits(graphdef, base, lora, before_action)  # [rows, K, V] float32
     logp_all = jax.nn.log_softmax(logits, axis=-1)
     chosen = to_rows(action_tokens)[..., None]  # [rows, K, 1]
@@ -184,7 +263,8 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [rows, K]
     features = None
     if num_value_positions is not None:
-        features = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions), shift)
+        features = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions)
+                              - origin, shift)
         features = from_rows(jax.lax.stop_gradient(features), r, a, e)
     return Scores(token_logprobs=from_rows(token_logprobs, r, a, e),
                   entropy=from_rows(entropy, r, a, e), features=features)
@@ -192,17 +272,18 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
 
 def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                    action_tokens: Array, action_mask: Array, adapter_ids: Array,
-                   num_value_positions: int, row_width: int | None = None) -> Array:
+                   num_value_positions: int, row_width: int | None = None,
+                   prefix: Segments | None = None) -> Array:
     """Critic features only (no LM head): `[R, A, E, P, H]`, stop-gradient.
 
     Arguments as in `score_actions`; `num_value_positions` is 1 or K.
     """
     r, a, e, o = obs_tokens.shape
-    tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
-    ids = _row_adapter_ids(adapter_ids, r, a, e)
-    hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
-                                "none", row_width)
-    feats = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions), shift)
+    hidden, shift, origin = _scored_hidden(graphdef, base, lora, obs_tokens, obs_mask,
+                                           action_tokens, action_mask, adapter_ids, "none",
+                                           row_width, prefix)
+    feats = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions) - origin,
+                       shift)
     return from_rows(jax.lax.stop_gradient(feats), r, a, e)
 
 

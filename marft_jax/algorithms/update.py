@@ -99,8 +99,8 @@ def zero_terms(num_agents: int) -> tuple[losses.PolicyTerms, losses.ValueTerms]:
 
 
 def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_count: Array,
-              value_count: Array, groups=None, *, row_width: int | None = None
-              ) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
+              value_count: Array, groups=None, *, row_width: int | None = None,
+              prefix=None) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
     """The MARFT objective of one micro-batch, and its per-agent sums with counts.
 
     Each agent contributes its policy objective divided by its decision count in the whole
@@ -120,6 +120,8 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         groups: a heterogeneous team's `BaseGroups` (graphdef, base and lora per-base
             tuples: each agent scored on its base, `algorithms.multibase`), or None.
         row_width: compacted row width of the scoring forward (`ppo.row_trim`), or None.
+        prefix: the agents' observation prefixes, run once per micro-batch
+            (`ppo.shared_prefix`; `scoring.score_actions`), or None.
 
     Returns:
         `(total, (policy_terms, value_terms))`: the scalar objective and the `[A]` sums of
@@ -135,7 +137,7 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         scores = scoring.score_actions(
             graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
             micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
-            remat=config.remat, row_width=row_width)
+            remat=config.remat, row_width=row_width, prefix=prefix)
     else:
         scores = multibase.score_actions(
             groups, graphdef, base, lora, micro.obs_tokens, micro.obs_mask,
@@ -161,7 +163,8 @@ def make_update(graphdef, config: PPOConfig,
                 graph: CreditOrder | DependencyGraph | None = None,
                 *, donate: bool = False, out_shardings: Any = None,
                 constrain_batch: Callable | None = None,
-                grad_map: Callable | None = None, groups: Any = None) -> Callable:
+                grad_map: Callable | None = None, groups: Any = None,
+                prefix: Any = None) -> Callable:
     """Builds the jitted update for one algorithm configuration.
 
     Args:
@@ -178,6 +181,9 @@ def make_update(graphdef, config: PPOConfig,
             the whole minibatch (`parallel.Plan.update_options` runs it under `shard_map`).
         groups: a heterogeneous team's `BaseGroups` (`graphdef` and the `base` / `lora`
             the update is called with are then per-base tuples), or None.
+        prefix: the team's observation prefixes (`ObservationLayout.prefix`, host arrays;
+            every observation starts with its agent's), required with
+            `config.shared_prefix` and used only then.
 
     Returns:
         `update(state, base, trajectory, key, word_counts=None, fault=None,
@@ -198,6 +204,10 @@ def make_update(graphdef, config: PPOConfig,
     if config.grad_accum_steps == 0:
         raise ConfigError("ppo config: grad_accum_steps=0 (from the memory budget) must be "
                           "resolved before the update is built (training.setup.build_setup)")
+    if config.shared_prefix and (prefix is None or groups is not None):
+        raise ConfigError("ppo config: field 'shared_prefix' needs the team's observation "
+                          "prefixes (make_update(prefix=layout.prefix)) and one base")
+    prefix = prefix if config.shared_prefix else None
     spec = config.spec
     constrain = constrain_batch or (lambda tree: tree)
     actor_tx = optim.actor_optimizer(config)
@@ -216,7 +226,7 @@ def make_update(graphdef, config: PPOConfig,
 
         batch, stats = batch_lib.prepare_batch(
             graphdef, config, credit, state.lora, state.critic, base, traj, word_counts,
-            batch_lib.env_chunk(e, per_micro), row_width, groups=groups)
+            batch_lib.env_chunk(e, per_micro), row_width, groups=groups, prefix=prefix)
 
         samples = state.samples + r * e
         warmup = schedules.in_critic_warmup(samples, config.critic_warmup_samples)
@@ -227,7 +237,7 @@ def make_update(graphdef, config: PPOConfig,
         to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids, num_adapters)
 
         grad_fn = jax.grad(functools.partial(objective, graphdef, config, groups=groups,
-                                             row_width=row_width),
+                                             row_width=row_width, prefix=prefix),
                            has_aux=True)
 
         def minibatch_grads(params, ctx, mb: Batch, policy_count, value_count):

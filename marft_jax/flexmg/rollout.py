@@ -26,7 +26,7 @@ import numpy as np
 
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
-from marft_jax.flexmg.layout import ObservationLayout
+from marft_jax.flexmg.layout import ObservationLayout, Segments
 from marft_jax.flexmg.orchestration import Router, active_agents
 from marft_jax.flexmg.profiles import Team
 from marft_jax.flexmg.trajectory import Trajectory
@@ -131,15 +131,19 @@ def host_reward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
     return call
 
 
-def split_prefix(layout: ObservationLayout, wave: tuple[int, ...], obs: Array, mask: Array,
-                 adapter_of: np.ndarray) -> tuple[SharedPrefix, Array, Array]:
+def split_prefix(prefixes: Segments, wave: tuple[int, ...], obs: Array, mask: Array,
+                 adapter_of: Array) -> tuple[SharedPrefix, Array, Array]:
     """A wave's observations as its agents' shared prefixes and the rows' remainders.
 
+    Also the update's column split (`algorithms.scoring.score_actions(prefix=...)`, with
+    every agent as the wave and the rounds × envs as E).
+
     Args:
+        prefixes: every agent's prefix (`ObservationLayout.prefix`, host arrays).
         wave: the wave's agents (static).
         obs, mask: `[W, E, O]` left-padded observations, each starting with its agent's
             `layout.prefix` (a truncated observation keeps its prefix: it is cut at the end).
-        adapter_of: `[A]` adapter of each agent.
+        adapter_of: `[A]` adapter of each agent (host or traced).
 
     Returns:
         `(prefix, tokens [W * E, O - L_min], mask [W * E, O - L_min])`: the prefix of agent
@@ -148,9 +152,9 @@ def split_prefix(layout: ObservationLayout, wave: tuple[int, ...], obs: Array, m
         every remainder fits; the columns of a longer prefix are masked).
     """
     w, e, o = obs.shape
-    lengths = np.asarray(layout.prefix.lengths)[list(wave)]  # [W], static
+    lengths = np.asarray(prefixes.lengths)[list(wave)]  # [W], static
     l_min, l_max = int(lengths.min()), max(int(lengths.max()), 1)
-    prefix_tokens = np.asarray(layout.prefix.tokens)[list(wave)][:, :l_max]
+    prefix_tokens = np.asarray(prefixes.tokens)[list(wave)][:, :l_max]
     prefix_mask = np.arange(l_max)[None, :] < lengths[:, None]
     start = o - jnp.sum(mask, axis=-1, dtype=jnp.int32)  # [W, E] first real column
     columns = jnp.arange(l_min, o)  # [O - L_min]
@@ -158,7 +162,7 @@ def split_prefix(layout: ObservationLayout, wave: tuple[int, ...], obs: Array, m
     rest_mask = mask[..., l_min:] & own  # [W, E, O - L_min]
     prefix = SharedPrefix(tokens=jnp.asarray(prefix_tokens, jnp.int32),
                           mask=jnp.asarray(prefix_mask),
-                          adapter_ids=jnp.asarray(adapter_of[list(wave)], jnp.int32),
+                          adapter_ids=jnp.asarray(adapter_of, jnp.int32)[np.asarray(wave)],
                           group=jnp.repeat(jnp.arange(w, dtype=jnp.int32), e))
     return (prefix, obs[..., l_min:].reshape(w * e, o - l_min),
             rest_mask.reshape(w * e, o - l_min))
@@ -227,7 +231,7 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
             rows = len(wave) * e
             per_row = lambda values: jnp.repeat(jnp.asarray(np.asarray(values)[list(wave)]), e)  # [W*E]
             if config.shared_prefix:
-                prefix, rest, rest_mask = split_prefix(layout, wave, wave_obs, wave_mask,
+                prefix, rest, rest_mask = split_prefix(layout.prefix, wave, wave_obs, wave_mask,
                                                        adapter_of)
                 gen = generate_fn(params, rest, rest_mask, per_row(adapter_of),
                                   per_row(temps), per_row(budgets), jax.random.fold_in(key, w),

@@ -271,7 +271,7 @@ class Decoder(nnx.Module):
             write_index: slot of `tokens[:, 0]` in the cache (0 without a cache).
             remat: a `models.remat.REMAT_POLICIES` name: the layers run as a
                 rematerialised `lax.scan` (`models.remat.scan_layers`; for differentiated
-                passes without a cache); "none" = the plain layer loop.
+                passes, with an unsegmented cache or none); "none" = the plain layer loop.
             cache_view: static `(write segment, visible segments)` of a segmented cache
                 (`Attention.__call__`); None = segment 0, all segments.
 
@@ -283,10 +283,16 @@ class Decoder(nnx.Module):
         write_index = jnp.asarray(write_index, jnp.int32)
         x = self.embed_tokens[...][tokens]  # [batch, tokens, hidden]
         new_keys, new_values = [], []
-        scanned = remat != "none" and cache is None
+        scanned = remat != "none"
         if scanned:
-            x = scan_layers(list(self.layers), x, (positions, adapter_ids, kv_valid,
-                                                   write_index), remat)
+            if cache is not None and (cache_view is not None
+                                      or isinstance(cache.keys[0], tuple)):
+                raise ValueError("Decoder: remat takes an unsegmented cache only")
+            kv = None if cache is None else (cache.keys, cache.values)
+            x, kv = scan_layers(list(self.layers), x, (positions, adapter_ids, kv_valid,
+                                                       write_index), remat, kv)
+            if kv is not None:
+                new_keys, new_values = list(kv[0]), list(kv[1])
         for i, layer in enumerate(() if scanned else self.layers):
             kv = (cache.keys[i], cache.values[i]) if cache is not None else None
             x, new_kv = layer(x, positions, adapter_ids, kv_valid, write_index, kv, cache_view)

@@ -77,6 +77,53 @@ def forward(graphdef, base: nnx.State, lora: nnx.State, tokens: Array, positions
                  cache_view)
 
 
+def prefix_forward(graphdef, base: nnx.State, lora: nnx.State, prefix, tokens: Array,
+                   mask: Array, adapter_ids: Array, dtype=None, remat: str = "none"
+                   ) -> tuple[Array, Array, KVCache]:
+    """Forward of `[prefix ; row]` rows that runs each group's prefix once.
+
+    Each group's prefix runs once (with its adapter) into a `[G, kv_heads, L, head_dim]`
+    cache; its keys and values are gathered to the rows, and the rows' own tokens run
+    after them (`write_index = L`, RoPE positions counting the prefix's real tokens). The
+    gather and the cache writes are differentiable, so gradients reach the adapters
+    through the single prefix pass.
+
+    Args:
+        prefix: a `sampling.SharedPrefix` (`tokens [G, L]`, `mask [G, L]`,
+            `adapter_ids [G]`, `group [batch]`).
+        tokens: `[batch, P]` the rows' own tokens.
+        mask: `[batch, L + P]` the rows' full masks (prefix columns first).
+        adapter_ids: `[batch]` adapter of each row (its group's).
+        dtype: the cache's storage dtype; None: the model's (differentiable: a
+            `decoder.BF16_BITS` cache is not).
+        remat: both passes' rematerialisation (`models.remat.REMAT_POLICIES`).
+
+    Returns:
+        `(prefix hidden [G, L, H], row hidden [batch, P, H], the rows' cache with
+        L + P slots)`.
+    """
+    g, l = prefix.tokens.shape
+    b, p = tokens.shape
+    cfg = merge_model(graphdef, base, lora).config
+    dtype = cfg.jnp_dtype if dtype is None else dtype
+    zeros = lambda rows, slots: jnp.zeros((rows, cfg.num_kv_heads, slots, cfg.head_dim), dtype)
+    layers = range(cfg.num_layers)
+    group_cache = KVCache(*(tuple(zeros(g, l) for _ in layers) for _ in range(2)))
+    prefix_mask = prefix.mask.astype(bool)
+    group_hidden, group_cache = forward(  # [G, L, H]: each prefix once
+        graphdef, base, lora, prefix.tokens.astype(jnp.int32),
+        positions_from_mask(prefix_mask), prefix.adapter_ids, prefix_mask, group_cache, 0,
+        remat)
+    # Broadcast to the rows: [batch, kv_heads, L + P, head_dim], prefix slots filled.
+    rows = lambda x: jnp.concatenate([x[prefix.group], zeros(b, p)], axis=2)
+    row_cache = KVCache(tuple(map(rows, group_cache.keys)),
+                        tuple(map(rows, group_cache.values)))
+    positions = positions_from_mask(mask)[:, l:]  # [batch, P], counting the prefix
+    hidden, row_cache = forward(graphdef, base, lora, tokens.astype(jnp.int32), positions,
+                                adapter_ids, mask, row_cache, l, remat)
+    return group_hidden, hidden, row_cache
+
+
 def lm_logits(graphdef, base: nnx.State, lora: nnx.State, hidden: Array) -> Array:
     """LM head over `hidden` `[..., hidden]` -> float32 logits `[..., vocab]`."""
     return merge_model(graphdef, base, lora).logits(hidden)

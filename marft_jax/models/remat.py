@@ -41,8 +41,10 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-def scan_layers(layers: Sequence[nnx.Module], x: Array, args: tuple, remat: str) -> Array:
-    """Applies identical decoder layers in order, rematerialised (no KV cache).
+def scan_layers(layers: Sequence[nnx.Module], x: Array, args: tuple, remat: str,
+                cache: tuple[tuple[Array, ...], tuple[Array, ...]] | None = None
+                ) -> tuple[Array, tuple[tuple[Array, ...], tuple[Array, ...]] | None]:
+    """Applies identical decoder layers in order, rematerialised.
 
     Args:
         layers: the decoder layers (same structure, so their states stack).
@@ -50,9 +52,13 @@ def scan_layers(layers: Sequence[nnx.Module], x: Array, args: tuple, remat: str)
         args: the remaining layer arguments `(positions, adapter_ids, kv_valid,
             write_index)`, the same for every layer.
         remat: a `REMAT_POLICIES` name other than "none".
+        cache: `(keys, values)`, one unsegmented `[batch, kv_heads, slots, head_dim]`
+            array per layer each (stacked and scanned over with the layers; the
+            shared-prefix scoring passes), or None.
 
     Returns:
-        `[batch, tokens, hidden]`, the last layer's output.
+        `([batch, tokens, hidden] the last layer's output, the new (keys, values) per
+        layer or None)`.
     """
     policy = REMAT_POLICIES[remat]
     if policy is None:
@@ -63,9 +69,14 @@ def scan_layers(layers: Sequence[nnx.Module], x: Array, args: tuple, remat: str)
         raise ValueError("scan_layers needs layers of one structure")
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(s for _, s in splits))
 
-    def body(h, state):
-        h, _ = nnx.merge(graphdef, state)(h, *args, None)
-        return h, None
+    kv = None if cache is None else jax.tree.map(lambda *xs: jnp.stack(xs), *zip(*cache))
 
-    x, _ = jax.lax.scan(jax.checkpoint(body, policy=policy, prevent_cse=False), x, stacked)
-    return x
+    def body(h, layer):
+        state, layer_kv = layer
+        return nnx.merge(graphdef, state)(h, *args, layer_kv)
+
+    x, new_kv = jax.lax.scan(jax.checkpoint(body, policy=policy, prevent_cse=False), x,
+                             (stacked, kv))
+    if new_kv is None:
+        return x, None
+    return x, tuple(tuple(jnp.unstack(t)) for t in new_kv)

@@ -15,7 +15,8 @@ from flax import nnx, struct
 
 from marft_jax.models.config import DTYPES, ModelConfig
 from marft_jax.models.decoder import KVCache
-from marft_jax.models.functional import forward, lm_logits, positions_from_mask
+from marft_jax.models.functional import (forward, lm_logits, positions_from_mask,
+                                         prefix_forward)
 from marft_jax.sampling import distributions as D
 from marft_jax.sampling.types import Generation, SamplerConfig, SharedPrefix
 
@@ -163,9 +164,11 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
     pre_base = cast_params(base, config.prefill_dtype) if prefill_base is None else prefill_base
     pre_lora = cast_params(lora, config.prefill_dtype)
     if prefix is not None:
-        hidden, prompt_cache = _prefill_with_prefix(graphdef, pre_base, pre_lora, prefix,
-                                                    prompt_tokens, prompt_mask, adapter_ids,
-                                                    cache)
+        first = cache.keys[0][0] if segmented else cache.keys[0]
+        group_hidden, hidden, prompt_cache = prefix_forward(
+            graphdef, pre_base, pre_lora, prefix, prompt_tokens, prompt_mask, adapter_ids,
+            first.dtype)
+        hidden = jnp.concatenate([group_hidden[prefix.group], hidden], axis=1)  # [b, L+P, H]
     else:
         if segmented:  # the prompt segment is the prefill's cache (every slot is written)
             prompt_cache = KVCache(*(tuple(x[0] for x in leaves)
@@ -246,39 +249,6 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
                                     unroll=config.unroll)
         start = end
     return state.out, state.cache
-
-
-def _prefill_with_prefix(graphdef, base, lora, prefix: SharedPrefix, tokens: Array,
-                         mask: Array, adapter_ids: Array, cache: KVCache
-                         ) -> tuple[Array, KVCache]:
-    """Prefill of `[prefix ; prompt]` rows that runs each group's prefix once.
-
-    Args:
-        tokens: `[batch, P]` the rows' own prompt tokens.
-        mask: `[batch, L + P]` the rows' full masks (prefix columns first).
-        cache: the full cache (only its dtype and layout are used).
-
-    Returns:
-        `(hidden [batch, L + P, H], prompt cache with L + P slots per row)`.
-    """
-    g, l = prefix.tokens.shape
-    prefix_mask = prefix.mask.astype(bool)
-    zeros = lambda x, rows, slots: jnp.zeros((rows, x.shape[1], slots, x.shape[3]), x.dtype)
-    first = lambda entry: entry[0] if isinstance(entry, tuple) else entry
-    group_cache = KVCache(*(tuple(zeros(first(x), g, l) for x in leaves)
-                            for leaves in (cache.keys, cache.values)))
-    group_hidden, group_cache = forward(  # [G, L, H]: each prefix once
-        graphdef, base, lora, prefix.tokens.astype(jnp.int32),
-        positions_from_mask(prefix_mask), prefix.adapter_ids, prefix_mask, group_cache, 0)
-    # Broadcast to the rows: [batch, kv_heads, L + P, head_dim], prefix slots filled.
-    p = tokens.shape[1]
-    rows = lambda x: jnp.concatenate([x[prefix.group], zeros(x, tokens.shape[0], p)], axis=2)
-    row_cache = KVCache(tuple(map(rows, group_cache.keys)),
-                        tuple(map(rows, group_cache.values)))
-    positions = positions_from_mask(mask)[:, l:]  # [batch, P], counting the prefix
-    hidden, row_cache = forward(graphdef, base, lora, tokens.astype(jnp.int32), positions,
-                                adapter_ids, mask, row_cache, l)
-    return jnp.concatenate([group_hidden[prefix.group], hidden], axis=1), row_cache
 
 
 def generate(graphdef, base: nnx.State, lora: nnx.State, prompt_tokens: Array,

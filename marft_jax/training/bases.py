@@ -73,7 +73,8 @@ def check_heterogeneous(exp) -> None:
     Raises:
         ConfigError: naming the field: a JAX-native task (one vocabulary), an orchestrated
             team, a critic other than an action-level one on the "base" trunk, a device
-            mesh, `ppo.row_trim`, `rollout.shared_prefix`, or an unknown `team.critic_base`.
+            mesh, `ppo.row_trim`, `ppo.shared_prefix`, `rollout.shared_prefix`, or an
+            unknown `team.critic_base`.
     """
     from marft_jax.envs.registry import get_task
 
@@ -106,6 +107,9 @@ def check_heterogeneous(exp) -> None:
     if ppo.row_trim:
         raise ConfigError("config field 'ppo.row_trim': not supported for a heterogeneous "
                           "team (each base scores its own rows)")
+    if ppo.shared_prefix:
+        raise ConfigError("config field 'ppo.shared_prefix': not supported for a "
+                          "heterogeneous team (each base scores its own rows)")
     if exp.rollout.shared_prefix:
         raise ConfigError("config field 'rollout.shared_prefix': not supported for a "
                           "heterogeneous team (its rollout has one sampler call per base)")

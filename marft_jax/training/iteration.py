@@ -192,6 +192,8 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
         options = plan.update_options(state)
     elif host_steps:
         rollout = jax.jit(rollout)
-    update = make_update(setup.graphdef, ppo, exp.team.graph, groups=groups, **options)
+    prefix = setup.layout.prefix if ppo.shared_prefix and groups is None else None
+    update = make_update(setup.graphdef, ppo, exp.team.graph, groups=groups, prefix=prefix,
+                         **options)
     return Iteration(setup=setup, plan=plan, rollout=rollout, update=update, ppo=ppo,
                      host_steps=host_steps)

@@ -5,23 +5,37 @@ import os
 # Tests run on the CPU with a deterministic, single-threaded-friendly setup.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import pytest  # noqa: E402
 
-_SUBPROCESS_CACHE: list[str] = []
-
-
-def jax_subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a test's `experiments/*.py` subprocess: the CPU, and a persistent
-    JAX compilation cache shared by every such subprocess of the session (only the first
-    one compiles the tiny config's functions; results are bitwise the same)."""
+def _shared_jit_cache() -> str:
+    """One persistent JAX compilation cache for the whole test session: every xdist worker
+    and every `experiments/*.py` subprocess reads and writes it, so a program the tiny
+    configs share is compiled once per session (results are bitwise the same). The first
+    process (the xdist controller, or a plain pytest) creates it and removes it at exit;
+    the workers it starts inherit its path."""
     import atexit
     import shutil
     import tempfile
 
-    if not _SUBPROCESS_CACHE:
-        _SUBPROCESS_CACHE.append(tempfile.mkdtemp(prefix="marft_jax_jit_cache_"))
-        atexit.register(shutil.rmtree, _SUBPROCESS_CACHE[0], True)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=_SUBPROCESS_CACHE[0],
+    path = os.environ.get("MARFT_JAX_TEST_JIT_CACHE")
+    if not path:
+        path = tempfile.mkdtemp(prefix="marft_jax_jit_cache_")
+        os.environ["MARFT_JAX_TEST_JIT_CACHE"] = path
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+_JIT_CACHE = _shared_jit_cache()
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JIT_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import pytest  # noqa: E402
+
+
+def jax_subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's `experiments/*.py` subprocess: the CPU and the session's
+    persistent JAX compilation cache (only the first process compiles a program)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=_JIT_CACHE,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env.pop("MARFT_JAX_KILL_AT", None)

@@ -280,7 +280,8 @@ def test_checkpoint_resume_evaluate_and_export_per_base(bases, tmp_path):
 @pytest.mark.slow
 def test_smollm2_next_to_a_tiny_model(bases, tmp_path):
     """SmolLM2-135M-Instruct (GGUF, 49,152 ids) as the reasoner and the tiny Qwen2 (BPE of
-    320 ids) as the actor: one training iteration, the actor sees the reasoner's text."""
+    320 ids) as the actor: one rollout, the actor sees the reasoner's text (the update of a
+    two-base team is tested on the tiny bases; SmolLM2's backward would double this test)."""
     from marft_jax.models.registry import resolve_model
     from marft_jax.training.config import finalize
     from marft_jax.training.iteration import make_iteration
@@ -302,12 +303,10 @@ def test_smollm2_next_to_a_tiny_model(bases, tmp_path):
     h = setup.hetero
     assert [cfg.vocab_size for cfg in h.model_configs] == [49152, 320]
     state, games = initial_state(setup)
-    out = make_iteration(setup)(setup.base, state, games, jax.random.key(0), 0)
-    traj = out.traj
+    _, traj = make_iteration(setup).rollout_phase(setup.base, state, games,
+                                                  jax.random.key(0), 0)
     said = h.tokenizers[0].decode(np.asarray(traj.action_tokens[0, 0, 0])[
         np.asarray(traj.action_mask[0, 0, 0])])
     seen = h.tokenizers[1].decode(np.asarray(traj.obs_tokens[0, 1, 0])[
         np.asarray(traj.obs_mask[0, 1, 0])])
     assert said.strip() and said in seen
-    metrics = jax.tree.map(np.asarray, out.record["update"])
-    assert all(np.all(np.isfinite(v)) for v in metrics.values())

@@ -4,6 +4,8 @@
   python benchmarks/bench_iteration.py --preset=reference --repeats=3
   python benchmarks/bench_iteration.py --preset=reference \
       --update_variant=remat=layers --update_variant=remat=layers,grad_accum_steps=2
+  python benchmarks/bench_iteration.py --config=configs/default.py \
+      --iteration_variant=rollout.shared_prefix=true,ppo.shared_prefix=true
 
 Runs the training iteration itself (`marft_jax.training.iteration.make_iteration`, as
 `experiments/train.py` does) and prints the median seconds of its phases (rollout, prepare:
@@ -16,6 +18,12 @@ the timed iterations). With `--update_variant` (PPO fields, `name=value[,name=va
 each variant's update phase runs on the same trajectories, alternating within every
 repeat, so their times are side by side (peak RSS is then the largest of them all: measure
 a setting's own peak in a run of its own).
+
+With `--iteration_variant` (config fields, `section.name=value[,...]`), whole iterations
+of the config and of each variant run instead, alternating within every repeat, each on
+its own setup, state and game from the same seed, and each setting's phase medians and
+episodes per CPU-minute are printed side by side (the ratio to the config's is the
+throughput goal's figure).
 
 `--preset=reference` sets the published reference's settings on the config (dual team,
 8 envs, 64 new tokens at temperature 0.5, one epoch of one minibatch, the base-model critic
@@ -40,6 +48,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm
 _VARIANTS = flags.DEFINE_multi_string("update_variant", [], "PPO fields name=value[,...]: "
                                       "time an update with these changes too (side by side).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "reference"], "Settings to apply on the config.")
+_ITERATION_VARIANTS = flags.DEFINE_multi_string(
+    "iteration_variant", [], "config fields section.name=value[,...]: run whole iterations "
+    "(rollout and update, each setting its own state) with these changes too, alternating "
+    "with the config's own, and compare episodes per CPU-minute ('config' = no change).")
 
 # The published reference's own settings (REFERENCE.md): the issue-19 benchmark.
 PRESETS = {"reference": {
@@ -66,6 +78,67 @@ def _variant(ppo, item):
     return ppo.replace(**changes)
 
 
+def _config_variant(config, item):
+    """A copy of the ml_collections `config` with `section.name=value[,...]` set."""
+    import json
+
+    config = config.copy_and_resolve_references()
+    for part in filter(None, item.split(",")):
+        field, _, value = part.partition("=")
+        section, name = field.split(".")
+        old = config[section][name]
+        config[section][name] = value if isinstance(old, str) else type(old)(json.loads(value))
+    return config
+
+
+def _compare_iterations(config, items):
+    """Whole iterations of each setting, alternating within every repeat (each with its own
+    setup, state and game; same seed), and their episodes per CPU-minute side by side."""
+    import jax
+    import numpy as np
+
+    from marft_jax.training.config import finalize
+    from marft_jax.training.iteration import PHASES, make_iteration
+    from marft_jax.training.loop import initial_state
+    from marft_jax.training.setup import build_setup
+
+    runs = {}
+    for item in ["config"] + [i for i in items if i != "config"]:
+        setup = build_setup(finalize(config if item == "config"
+                                     else _config_variant(config, item)))
+        state, game = initial_state(setup)
+        runs[item] = dict(setup=setup, iteration=make_iteration(setup), state=state,
+                          game=game, root=jax.random.key(setup.exp.seed), episodes=0.0,
+                          cpu=0.0, times={phase: [] for phase in PHASES})
+    for i in range(_REPEATS.value + 1):
+        for item, run in runs.items():
+            cpu0 = time.process_time()  # user + system CPU of all the process's threads
+            out = run["iteration"](run["setup"].base, run["state"], run["game"], run["root"],
+                                   i, timed=True)
+            cpu = time.process_time() - cpu0
+            run["state"], run["game"] = out.state, out.game
+            if i == 0:
+                print(f"[{item}] first call (compile + run): " + ", ".join(
+                    f"{phase} {sec:.1f}s" for phase, sec in out.seconds.items()))
+                continue
+            for phase, sec in out.seconds.items():
+                run["times"][phase].append(sec)
+            run["episodes"] += float(np.sum(np.asarray(out.traj.dones)))
+            run["cpu"] += cpu
+    first = None
+    for item, run in runs.items():
+        rate = run["episodes"] / (run["cpu"] / 60)
+        first = first or rate
+        phases = ", ".join(f"{phase} {np.median(v):.2f}s ({', '.join(f'{x:.2f}' for x in v)})"
+                           for phase, v in run["times"].items())
+        print(f"[{item}] medians: {phases}")
+        print(f"[{item}] episodes per CPU-minute: {rate:.2f} ({run['episodes']:.0f} episodes, "
+              f"{run['cpu']:.1f} CPU-s in {_REPEATS.value} iterations): {rate / first:.2f}x "
+              "the first setting")
+    print("peak RSS (ru_maxrss, all settings): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.2f} GB")
+
+
 def _matmul_peak(size: int = 2048, repeats: int = 5) -> float:
     """Float32 matmul FLOP/s, the best of `repeats` timed products (after a warm-up)."""
     import jax
@@ -82,27 +155,45 @@ def _matmul_peak(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
-def _update_flops(setup, ppo, traj) -> int:
-    """Model FLOPs of one update on `traj` (no rematerialisation counted): the batch
-    preparation's forward passes and, per epoch, forward and backward of every row."""
+def _update_flops(setup, ppo, traj, row_width) -> int:
+    """Model FLOPs of one update on `traj` as it runs (no rematerialisation counted): the
+    batch preparation's forward passes and, per epoch, forward and backward of every row,
+    each pass at its width (`ppo.row_trim`'s compacted rows, `ppo.shared_prefix`'s
+    prefixes run once and the rows' remainders attending to them, the action-level critic
+    features over the observations and one action column, the bootstrap observation only
+    when some episode did not end)."""
+    import numpy as np
+
     from marft_jax.models import flops
 
     model, lora = setup.model_config, setup.exp.lora
     r, a, e, o = traj.obs_tokens.shape
     k = traj.action_tokens.shape[-1]
-    rows, width = r * a * e, o + k
-    prepare = flops.layers_forward_flops(model, lora, e, o)  # the bootstrap observation
-    if ppo.spec.uses_critic and (ppo.critic_trunk == "base" or not ppo.recompute_old_logprobs):
-        prepare += flops.layers_forward_flops(model, lora, rows, width)  # critic features
+    rows = r * a * e
+    lengths = np.asarray(setup.layout.prefix.lengths)
+
+    def scored(columns, backward=False):  # one scoring pass over [obs ; `columns` actions]
+        count = lambda n, t, context=0: flops.layers_forward_flops(
+            model, lora, n, t, context=context, backward=backward)
+        if ppo.shared_prefix:
+            return count(a, int(lengths.max())) + count(
+                rows, max(o - int(lengths.min()), 1) + columns, int(lengths.max()))
+        return count(rows, min(row_width or o + columns, o + columns))
+
+    head = flops.head_flops(model, rows * k)
+    prepare = 0
+    if not bool(np.all(np.asarray(traj.dones)[-1])):
+        prepare += flops.layers_forward_flops(model, lora, e, o)  # the bootstrap observation
+    value_columns = 1 if ppo.spec.level == "action" else k
+    if ppo.spec.uses_critic and ppo.critic_trunk == "shared" and not ppo.recompute_old_logprobs:
+        prepare += scored(value_columns)  # critic features of the old values
+    if ppo.spec.uses_critic and ppo.critic_trunk == "base" and not ppo.kl_coef > 0:
+        prepare += scored(value_columns)
     if ppo.recompute_old_logprobs:
-        prepare += flops.layers_forward_flops(model, lora, rows, width) \
-            + flops.head_flops(model, rows * k)
+        prepare += scored(k) + head
     if ppo.kl_coef > 0:
-        prepare += flops.layers_forward_flops(model, lora, rows, width) \
-            + flops.head_flops(model, rows * k)
-    epoch = (flops.layers_forward_flops(model, lora, rows, width)
-             + flops.layers_forward_flops(model, lora, rows, width, backward=True)
-             + 2 * flops.head_flops(model, rows * k))
+        prepare += scored(k) + head
+    epoch = scored(k) + scored(k, backward=True) + 2 * head
     return prepare + ppo.epochs * epoch
 
 
@@ -117,7 +208,10 @@ def main(argv):
     from marft_jax.training.loop import initial_state
     from marft_jax.training.setup import build_setup, with_micro_batches
 
-    exp = finalize(_apply_preset(_CONFIG.value, _PRESET.value))
+    config = _apply_preset(_CONFIG.value, _PRESET.value)
+    if _ITERATION_VARIANTS.value:
+        return _compare_iterations(config, _ITERATION_VARIANTS.value)
+    exp = finalize(config)
     setup = build_setup(exp)
     exp = setup.exp  # grad_accum_steps resolved
     state, game = initial_state(setup)
@@ -172,7 +266,7 @@ def main(argv):
           "(last iteration)")
     lengths = np.asarray(setup.layout.prefix.lengths)
     print(f"ppo.shared_prefix: prefixes {lengths.tolist()} tokens, row remainder width "
-          f"{o - int(lengths.min())} (+ {k}); FLOPs below count whole rows")
+          f"{o - int(lengths.min())} (+ {k})")
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name}: median {medians[name]:.2f}s over {len(values)} "
@@ -181,14 +275,15 @@ def main(argv):
     print(f"matmul peak (float32, measured now): {peak_flops / 1e9:.1f} GFLOP/s")
     for name, ppo in variants.items():
         seconds = medians[f"update[{name}]"]
-        flops = _update_flops(setup, ppo, traj)
+        flops = _update_flops(setup, ppo, traj, compact if ppo.row_trim else None)
         estimate = memory.peak_bytes(setup.model_config, r * a * (e // ppo.num_minibatches
                                                                   // ppo.grad_accum_steps),
                                      setup.rollout_config.obs_tokens + k, k, ppo.remat)
         print(f"update[{name}]: remat={ppo.remat} grad_accum_steps={ppo.grad_accum_steps}: "
               f"{ppo.epochs * update_tokens / seconds:.1f} tokens/s, "
               f"{flops / 1e9:.1f} GFLOP counted, MFU {flops / seconds / peak_flops:.1%}, "
-              f"estimated peak {estimate / 1e9:.2f} GB")
+              f"estimated peak {estimate / 1e9:.2f} GB (the budget's estimate: whole "
+              "untrimmed rows, so high with row_trim or shared_prefix)")
     for name in variants:
         if name != "config":
             diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(

@@ -158,3 +158,22 @@ def test_counted_forward_flops_match_xla_cost_analysis():
                + flops.head_flops(cfg, rows * k))
     assert 0.95 * xla <= counted <= xla
     assert flops.layers_forward_flops(cfg, lora_cfg, rows, tokens, backward=True) > counted
+
+    # A shared prefix: 2 prefixes of 24 tokens once, the rows' 16 tokens attend to them.
+    from marft_jax.sampling.types import SharedPrefix
+
+    groups, length, own = 2, 24, 16
+
+    def prefixed(base, lora, prefix_tokens, row_tokens):
+        prefix = SharedPrefix(tokens=prefix_tokens, mask=jnp.ones((groups, length), bool),
+                              adapter_ids=jnp.arange(groups, dtype=jnp.int32),
+                              group=jnp.arange(rows, dtype=jnp.int32) % groups)
+        return F.prefix_forward(graphdef, base, lora, prefix, row_tokens,
+                                jnp.ones((rows, length + own), bool), prefix.group)[:2]
+
+    xla = jax.jit(prefixed).lower(base, lora, jnp.zeros((groups, length), jnp.int32),
+                                  jnp.zeros((rows, own), jnp.int32)).compile()
+    xla = xla.cost_analysis()["flops"]
+    counted = (flops.layers_forward_flops(cfg, lora_cfg, groups, length)
+               + flops.layers_forward_flops(cfg, lora_cfg, rows, own, context=length))
+    assert 0.95 * xla <= counted <= xla

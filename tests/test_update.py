@@ -470,6 +470,15 @@ def test_compacted_rows_score_and_differentiate_like_full_rows(model):
         traj.action_mask, traj.adapter_ids, 4, w), static_argnums=0)
     np.testing.assert_allclose(np.asarray(trunk(width))[m], np.asarray(full.features)[m],
                                atol=1e-5)
+    # The action-level value position runs the observations (and one action column) only.
+    one = jax.jit(lambda w: scoring.trunk_features(
+        graphdef, base, lora, traj.obs_tokens, traj.obs_mask, traj.action_tokens,
+        traj.action_mask, traj.adapter_ids, 1, w), static_argnums=0)
+    narrow = scoring.row_width(traj.obs_mask, traj.action_mask[..., :1], multiple=2)
+    o = traj.obs_tokens.shape[-1]
+    assert narrow is not None and narrow < width < o + 1
+    for w in (None, width, narrow, o + 2):  # o + 2: wider than the O + 1 columns run
+        np.testing.assert_allclose(one(w), full.features[..., :1, :], atol=1e-5)
 
 
 @pytest.mark.parametrize("config", [MARFT_A.replace(kl_coef=0.1), ROTATION],
@@ -490,3 +499,30 @@ def test_update_on_compacted_rows_equals_the_full_width_update(model, config):
     for name in ("policy_loss", "value_loss", "grad_norm", "approx_kl", "policy_steps"):
         np.testing.assert_allclose(comp_metrics[name], full_metrics[name], rtol=1e-4,
                                    atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["marft_a", "marft_t"])
+def test_bootstrap_is_skipped_only_when_every_episode_ended(model, algorithm):
+    graphdef, base, lora = model
+    config = PPOConfig(algorithm=algorithm, critic_trunk="base", advantage_norm="none")
+    ended = make_trajectory(11, rounds=2, agents=2, envs=4, obs_len=5, act_len=3)
+    running = ended.replace(dones=ended.dones.at[-1, 1].set(False))
+    state = create_train_state(config, lora, jax.random.key(1), 64, 2)
+    credit = CreditOrder.chain(2)
+    prepare = jax.jit(lambda traj: batch_lib.prepare_batch(
+        graphdef, config, credit, lora, state.critic, base, traj, None, 4)[0])
+    feats = scoring.observation_features(graphdef, base, lora, ended.next_obs_tokens,
+                                         ended.next_obs_mask, -1)  # the base trunk's
+    boot = critic_lib.apply_head(jax.tree.map(lambda w: w[0], state.critic), feats)  # [E]
+    assert float(jnp.min(jnp.abs(boot))) > 1e-3  # a bootstrap that would show
+    estimate = batch_lib.adv_lib.ADVANTAGE_ESTIMATORS[config.spec.advantage]
+    for traj in (ended, running):
+        got = prepare(traj)
+        inputs = batch_lib.adv_lib.AdvantageInputs(
+            values=got.old_values, bootstrap_value=boot, rewards=traj.rewards,
+            dones=traj.dones, action_mask=traj.action_mask)
+        want, _ = estimate(inputs, credit, config)
+        np.testing.assert_allclose(got.advantages, want, rtol=0, atol=1e-6)  # eager vs jit
+    # The running env's last decision reads the bootstrap: its advantage moved.
+    moved = np.abs(prepare(ended).advantages - prepare(running).advantages)
+    assert moved.reshape(2, 2, 4, -1)[1, 1, 1].max() > 1e-3

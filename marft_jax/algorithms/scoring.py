@@ -276,9 +276,15 @@ def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                    prefix: Segments | None = None) -> Array:
     """Critic features only (no LM head): `[R, A, E, P, H]`, stop-gradient.
 
-    Arguments as in `score_actions`; `num_value_positions` is 1 or K.
+    Arguments as in `score_actions`; `num_value_positions` is 1 or K. With 1 (the
+    action-level value, at the last observation token) only the observations and one
+    action column run: under the causal mask the action tokens cannot change it.
     """
     r, a, e, o = obs_tokens.shape
+    if num_value_positions == 1:
+        action_tokens, action_mask = action_tokens[..., :1], action_mask[..., :1]
+        if row_width is not None and row_width >= o + 1:
+            row_width = None
     hidden, shift, origin = _scored_hidden(graphdef, base, lora, obs_tokens, obs_mask,
                                            action_tokens, action_mask, adapter_ids, "none",
                                            row_width, prefix)

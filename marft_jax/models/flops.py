@@ -19,8 +19,12 @@ def _projection_dims(model: ModelConfig) -> dict[str, tuple[int, int]]:
 
 
 def layers_forward_flops(model: ModelConfig, lora: LoraConfig | None, rows: int,
-                         tokens: int, *, backward: bool = False) -> int:
+                         tokens: int, *, context: int = 0, backward: bool = False) -> int:
     """FLOPs of one forward pass of all decoder layers over `rows × tokens` tokens.
+
+    Every token's attention runs over `context + tokens` keys: `context` cached keys and
+    values before the row (a shared prefix's, `models.functional.prefix_forward`), then the
+    row's own.
 
     LoRA runs every adapter's A product (`[in, adapters·rank]`) and one B product per row,
     as `models.layers.LoRALinear` does. With `backward`, the FLOPs of the backward pass that
@@ -37,7 +41,7 @@ def layers_forward_flops(model: ModelConfig, lora: LoraConfig | None, rows: int,
         if lora is not None and name in lora.targets:
             adapters = 2 * d_in * lora.num_adapters * lora.rank + 2 * lora.rank * d_out
             per_token += 2 * adapters if backward else adapters
-    attention = 2 * 2 * rows * model.num_heads * tokens * tokens * model.head_dim
+    attention = 2 * 2 * rows * model.num_heads * tokens * (context + tokens) * model.head_dim
     return model.num_layers * (n * per_token + (2 if backward else 1) * attention)
 
 

@@ -249,12 +249,14 @@ class Plan:
 
     def trajectory_shardings(self, critic_view: bool = False):
         """A `Trajectory` of shardings: the env axis split (axis 2, or 1 / 0 where declared);
-        `critic_view`: with the heterogeneous team's critic observations (else None)."""
+        `critic_view`: a heterogeneous team's, with its critic observations and without
+        prompt features (one base's: the other way round)."""
         from marft_jax.flexmg.trajectory import Trajectory
 
         out = self.struct_shardings(Trajectory)
-        return out if critic_view else out.replace(critic_obs_tokens=None,
-                                                   critic_obs_mask=None)
+        if critic_view:
+            return out.replace(obs_features=None)
+        return out.replace(critic_obs_tokens=None, critic_obs_mask=None)
 
     def place_game(self, game):
         """Splits the environments of a (host-identical) game state over the mesh (a tuple

@@ -62,3 +62,34 @@ def test_shared_prefix_update_equals_the_whole_row_update(setup):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     for name in ("policy_loss", "value_loss", "grad_norm"):
         np.testing.assert_allclose(metrics[name], want_metrics[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_the_rollout_leaves_the_action_level_critic_features(setup, shared_prefix):
+    """The sampler's prefill hidden state at each observation's last token (with the
+    rollout's adapters, whole prompts or a shared prefix) is the action-level "shared"
+    trunk's feature, so the old values need no pass of their own."""
+    import dataclasses
+
+    import numpy as np
+
+    from marft_jax.algorithms import batch as batch_lib
+    from marft_jax.algorithms import scoring
+    from marft_jax.algorithms.advantages import CreditOrder
+
+    setup = dataclasses.replace(setup, rollout_config=dataclasses.replace(
+        setup.rollout_config, shared_prefix=shared_prefix))
+    state, game = initial_state(setup)
+    state = state.replace(lora=jax.tree.map(lambda x: x + 0.05, state.lora))  # B != 0
+    _, traj = make_iteration(setup).rollout_phase(setup.base, state, game,
+                                                  jax.random.key(0), 0)
+    want = scoring.trunk_features(setup.graphdef, setup.base, state.lora, traj.obs_tokens,
+                                  traj.obs_mask, traj.action_tokens, traj.action_mask,
+                                  traj.adapter_ids, 1)  # [R, A, E, 1, H]
+    np.testing.assert_allclose(traj.obs_features, want[..., 0, :], atol=1e-5)
+    ppo = setup.exp.ppo.replace(critic_trunk="shared")
+    prepare = lambda t: batch_lib.prepare_batch(
+        setup.graphdef, ppo, CreditOrder.chain(traj.num_agents), state.lora, state.critic,
+        setup.base, t, None, traj.num_envs)[0].old_values
+    np.testing.assert_allclose(prepare(traj), prepare(traj.replace(obs_features=None)),
+                               atol=1e-5)

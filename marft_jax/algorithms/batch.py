@@ -3,7 +3,9 @@
 Runs once per update, before the epochs, in env chunks (`lax.map`) so its memory stays at
 one micro-batch's forward. The critic's trunk is frozen, so with the "base" trunk its
 features are computed here once and reused by every epoch (the reference recomputes them
-every minibatch); with the "shared" trunk they come from each training forward instead.
+every minibatch); with the "shared" trunk they come from each training forward instead,
+and the old action-level values read the features the sampler's prefill left in the
+trajectory (`Trajectory.obs_features`), so no pass over the observations runs here.
 """
 
 from __future__ import annotations
@@ -144,6 +146,12 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
     if groups is not None:
         seqs.update(critic_obs_tokens=traj.critic_obs_tokens,
                     critic_obs_mask=traj.critic_obs_mask)
+    # The action-level value on the policy's trunk reads the hidden state the sampler's
+    # prefill already computed with the same adapters (same result up to float rounding).
+    rollout_features = (shared_trunk and p == 1 and groups is None
+                        and traj.obs_features is not None)
+    if rollout_features:
+        seqs.update(obs_features=traj.obs_features[..., None, :])  # [R, A, E, 1, H]
 
     def hetero_pass(x):  # each agent on its base; the critic on the critic base
         args = (x["obs_tokens"], x["obs_mask"], x["action_tokens"], x["action_mask"])
@@ -170,6 +178,8 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
                                       num_value_positions=p if shared_trunk else None,
                                       row_width=row_width, prefix=prefix)
             out["old_logprobs"], feats = s.token_logprobs, s.features
+        elif rollout_features:
+            feats = x["obs_features"]
         elif shared_trunk:
             feats = scoring.trunk_features(graphdef, base, lora, *args, traj.adapter_ids, p,
                                            row_width, prefix)

@@ -218,6 +218,7 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
         plp = jnp.zeros((num_agents, e, k), jnp.float32)
         obs = jnp.zeros((num_agents, e, config.obs_tokens), jnp.int32)
         obs_mask = jnp.zeros((num_agents, e, config.obs_tokens), bool)
+        features = None  # [A, E, H] once a generator gives the prompts' final hidden states
         overflow = game.overflow
         active = stop = None  # [E, A], [E]: set by the router after the orchestrator's wave
         for w, wave in enumerate(graph.waves):
@@ -256,6 +257,12 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
             plp = plp.at[idx].set(gen_plp)
             obs = obs.at[idx].set(wave_obs)
             obs_mask = obs_mask.at[idx].set(wave_mask)
+            if gen.prompt_features is not None:
+                wave_features = gen.prompt_features.reshape(len(wave), e, -1)  # [W, E, H]
+                if features is None:
+                    features = jnp.zeros((num_agents,) + wave_features.shape[1:],
+                                         wave_features.dtype)
+                features = features.at[idx].set(wave_features)
             if router is not None and w == 0:  # the orchestrator acts alone in wave 0
                 calls, stop = router(actions, lengths)
                 active = active_agents(team, calls, stop)  # [E, A]
@@ -272,13 +279,13 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
         next_game, done = transition(game.replace(overflow=overflow), layout, problems,
                                      actions, lengths, order, score, config.horizon,
                                      acted=acted, stop=stop)
-        out = (obs, obs_mask, actions, action_mask, blp, plp, rewards, done, score)
+        out = (obs, obs_mask, actions, action_mask, blp, plp, rewards, done, score, features)
         return next_game, out
 
     def rollout(params, game: GameState, key: Array) -> tuple[GameState, Trajectory]:
         step = lambda g, round_key: play_round(params, g, round_key)
         game, out = jax.lax.scan(step, game, jax.random.split(key, config.num_rounds))
-        obs, obs_mask, actions, action_mask, blp, plp, rewards, dones, scores = out
+        obs, obs_mask, actions, action_mask, blp, plp, rewards, dones, scores, features = out
         first = order[0]
         empty = jnp.zeros((num_agents, game.num_envs, k), jnp.int32)
         none_visible = jnp.zeros((game.num_envs, num_agents), bool)
@@ -288,7 +295,7 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                           action_mask=action_mask, behaviour_logprobs=blp,
                           policy_logprobs=plp, rewards=rewards, dones=dones, scores=scores,
                           next_obs_tokens=next_obs, next_obs_mask=next_mask,
-                          adapter_ids=jnp.asarray(adapter_of))
+                          adapter_ids=jnp.asarray(adapter_of), obs_features=features)
         return game, traj
 
     return rollout

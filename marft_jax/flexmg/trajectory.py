@@ -44,6 +44,11 @@ class Trajectory:
             critic base's tokens (what the critic reads; `obs_tokens` holds each agent's
             own base's tokens); None for a team on one base.
         critic_obs_mask: `[R, A, E, O]` bool, or None.
+        obs_features: `[R, A, E, H]` the policy trunk's final hidden state at each
+            observation's last token, from the sampler's prefill with the rollout's
+            adapters (the action-level "shared" critic trunk's old-value input, so the
+            update need not run the observations again); None when the generator does not
+            provide it (a heterogeneous team: its critic reads another base).
     """
 
     # env_field(env axis, rank): where `parallel.Plan` splits the environments.
@@ -61,6 +66,7 @@ class Trajectory:
     adapter_ids: Array = env_field(None, 1)  # replicated
     critic_obs_tokens: Array | None = env_field(2, 4, default=None)
     critic_obs_mask: Array | None = env_field(2, 4, default=None)
+    obs_features: Array | None = env_field(2, 4, default=None)
 
     @property
     def num_rounds(self) -> int:
@@ -89,6 +95,8 @@ class Trajectory:
         chex.assert_shape(self.adapter_ids, (a,))
         if self.critic_obs_tokens is not None:
             chex.assert_shape([self.critic_obs_tokens, self.critic_obs_mask], (r, a, e, o))
+        if self.obs_features is not None:
+            chex.assert_shape(self.obs_features, (r, a, e, None))
         chex.assert_type([self.obs_tokens, self.action_tokens, self.next_obs_tokens,
                           self.adapter_ids], jnp.int32)
 

@@ -112,7 +112,8 @@ def _sample(state: _State, logits: Array, keys: Array, temperatures: Array,
         mask=col(out.mask, active),
         logprobs=col(out.logprobs, jnp.where(active, logprobs, 0.0)),
         policy_logprobs=policy,
-        lengths=out.lengths + active.astype(jnp.int32))
+        lengths=out.lengths + active.astype(jnp.int32),
+        prompt_features=out.prompt_features)
     stop = jnp.zeros_like(active)
     for stop_id in config.stop_token_ids:
         stop = stop | (tokens == stop_id)
@@ -199,7 +200,7 @@ def generate_with_cache(graphdef, base: nnx.State, lora: nnx.State, prompt_token
         out=Generation(tokens=jnp.full((b, n), config.pad_token_id, jnp.int32),
                        mask=jnp.zeros((b, n), bool), logprobs=zeros_f,
                        policy_logprobs=zeros_f if config.policy_logprobs else None,
-                       lengths=jnp.zeros((b,), jnp.int32)))
+                       lengths=jnp.zeros((b,), jnp.int32), prompt_features=last_hidden[:, 0]))
     state = _sample(state, logits, keys, temperatures, max_new, state.step, config)
 
     if prefill_base is not None and config.decode_dtype == config.prefill_dtype:

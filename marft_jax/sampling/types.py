@@ -107,6 +107,10 @@ class Generation:
             (`log_softmax(logits)`, no temperature or truncation), 0 where `mask` is false;
             None when disabled in the config.
         lengths: `[batch]` int32 number of generated tokens per row.
+        prompt_features: `[batch, H]` the final (post-norm) hidden state of each row's last
+            prompt token from the prefill, in the prefill's dtype: what an action-level
+            critic on the policy's trunk reads (`algorithms.batch.prepare_batch`); None
+            where a generator does not provide it.
     """
 
     tokens: Array
@@ -114,6 +118,7 @@ class Generation:
     logprobs: Array
     policy_logprobs: Array | None
     lengths: Array
+    prompt_features: Array | None = None
 
 
 @struct.dataclass

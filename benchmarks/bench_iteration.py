@@ -160,8 +160,9 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
     batch preparation's forward passes and, per epoch, forward and backward of every row,
     each pass at its width (`ppo.row_trim`'s compacted rows, `ppo.shared_prefix`'s
     prefixes run once and the rows' remainders attending to them, the action-level critic
-    features over the observations and one action column, the bootstrap observation only
-    when some episode did not end)."""
+    features over the observations and one action column, or none when the rollout left
+    them in the trajectory, the bootstrap observation only when some episode did not
+    end)."""
     import numpy as np
 
     from marft_jax.models import flops
@@ -185,7 +186,9 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
     if not bool(np.all(np.asarray(traj.dones)[-1])):
         prepare += flops.layers_forward_flops(model, lora, e, o)  # the bootstrap observation
     value_columns = 1 if ppo.spec.level == "action" else k
-    if ppo.spec.uses_critic and ppo.critic_trunk == "shared" and not ppo.recompute_old_logprobs:
+    from_rollout = ppo.spec.level == "action" and traj.obs_features is not None
+    if (ppo.spec.uses_critic and ppo.critic_trunk == "shared" and not ppo.recompute_old_logprobs
+            and not from_rollout):
         prepare += scored(value_columns)  # critic features of the old values
     if ppo.spec.uses_critic and ppo.critic_trunk == "base" and not ppo.kl_coef > 0:
         prepare += scored(value_columns)

@@ -15,6 +15,11 @@ succeeded) and no entropy bonus (under Adam it made full-size steps towards nois
 the earlier settings (T 0.7, 8 envs, four 2-env minibatches, entropy 0.01) three seeds
 gained +2.2 ± 8.0 points; with these, +26.3 ± 5.0 (seeds 0-2, 95 % interval [13.8, 38.8]).
 
+Each agent's system prompt is computed once per wave in the sampler and once per scoring
+call in the update (`rollout.shared_prefix`, `ppo.shared_prefix`): the same results up to
+float rounding, ~1.3-1.4x the episodes per CPU-minute (BUILD_NOTES.md, "Throughput"; the
+seeds above ran with whole rows, `configs/studies/throughput.py` reran them with these).
+
 LoRA learning rates far above the reference's 1e-6 are normal for LoRA; at 2e-4 the policy
 barely moved (approx-KL ~1e-6 per update). With the per-token-mean sequence log-prob
 ("token"), 7e-4 and 2e-3 collapsed the actor to 1-2 token answers within 5-15 iterations
@@ -32,11 +37,11 @@ def get_config():
     c.team.layout = "chat"
     c.task.update(kind="arithmetic", digits=2, terms=2, ops=("+",), train_problems=2000,
                   heldout_problems=200, split_seed=0)
-    c.rollout.update(num_envs=16, num_rounds=1, horizon=1, obs_tokens=0)
+    c.rollout.update(num_envs=16, num_rounds=1, horizon=1, obs_tokens=0, shared_prefix=True)
     c.sampling.update(max_new_tokens=48, temperature=0.3, top_k=50)
     c.ppo.update(algorithm="marft_a", lr_actor=5e-4, lr_critic=1e-3, epochs=1,
                  num_minibatches=2, advantage_norm="batch", entropy_coef=0.0,
-                 logprob_norm="sum", critic_trunk="shared")
+                 logprob_norm="sum", critic_trunk="shared", shared_prefix=True)
     c.train.update(iterations=20, eval_every=0, eval_problems=200, eval_batch=40,
                    eval_sampled=True, checkpoint_every=10, output_dir="runs")
     return c

@@ -3,7 +3,10 @@
 Every trained row uses `configs/default.py` as it stands (since session 5: T 0.3, 16
 episodes an iteration, batch-normalised advantages, no entropy bonus; ~30 min a seed on a
 2-core CPU). The session-4 table in BUILD_NOTES.md ran the same rows with the earlier
-defaults (`BEFORE` in `configs/studies/levers.py`).
+defaults (`BEFORE` in `configs/studies/levers.py`). The recorded rows ran with whole rows;
+since session 10 `configs/default.py` computes the system prompts once
+(`rollout.shared_prefix`, `ppo.shared_prefix`: equal up to float rounding;
+`configs/studies/throughput.py` reran MARFT-A with them).
 
 SmolLM2-135M-Instruct, generated 2-digit addition word problems, 200 held-out problems
 (the same for every seed: `task.split_seed`); every condition is `configs/default.py` with

@@ -32,7 +32,6 @@ the preset does not set. Figures go to BUILD_NOTES.md with the machine and date.
 """
 
 import dataclasses
-import os
 import resource
 import time
 
@@ -67,27 +66,30 @@ def _apply_preset(config, name):
     return config
 
 
-def _variant(ppo, item):
+def _typed(old, value: str):
+    """A flag's `value` text as the type of the field's current value `old` (JSON)."""
     import json
 
-    changes = {}
-    for part in item.split(","):
-        name, _, value = part.partition("=")
-        old = getattr(ppo, name)
-        changes[name] = value if isinstance(old, str) else type(old)(json.loads(value))
-    return ppo.replace(**changes)
+    return value if isinstance(old, str) else type(old)(json.loads(value))
+
+
+def _assignments(item: str):
+    """`name=value[,name=value]` -> `[(name, value text)]`."""
+    return [part.partition("=")[::2] for part in item.split(",") if part]
+
+
+def _variant(ppo, item):
+    """`ppo` with the PPO fields of `item` (`name=value[,...]`) changed."""
+    return ppo.replace(**{name: _typed(getattr(ppo, name), value)
+                          for name, value in _assignments(item)})
 
 
 def _config_variant(config, item):
     """A copy of the ml_collections `config` with `section.name=value[,...]` set."""
-    import json
-
     config = config.copy_and_resolve_references()
-    for part in filter(None, item.split(",")):
-        field, _, value = part.partition("=")
+    for field, value in _assignments(item):
         section, name = field.split(".")
-        old = config[section][name]
-        config[section][name] = value if isinstance(old, str) else type(old)(json.loads(value))
+        config[section][name] = _typed(config[section][name], value)
     return config
 
 
@@ -230,9 +232,9 @@ def main(argv):
     episodes, cpu_seconds = 0.0, 0.0
     for i in range(_REPEATS.value + 1):
         # The training iteration itself (rollout, trim, update), timed phase by phase.
-        cpu0 = os.times()
+        cpu0 = time.process_time()  # user + system CPU of all the process's threads
         out = iterations["config"](setup.base, states["config"], game, root, i, timed=True)
-        cpu1 = os.times()
+        cpu = time.process_time() - cpu0
         game, traj, states["config"] = out.game, out.traj, out.state
         elapsed = {"rollout": out.seconds["rollout"], "prepare": out.seconds["prepare"],
                    "update[config]": out.seconds["update"]}
@@ -250,7 +252,7 @@ def main(argv):
             for part, seconds in elapsed.items():
                 times[part].append(seconds)
             episodes += float(np.sum(np.asarray(traj.dones)))
-            cpu_seconds += (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+            cpu_seconds += cpu
         else:
             print("first call (compile + run): "
                   + ", ".join(f"{part} {seconds:.1f}s" for part, seconds in elapsed.items()))

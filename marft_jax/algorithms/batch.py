@@ -71,17 +71,16 @@ def evaluate_values(critic: dict[str, Array], features: Array, head_ids: Array,
 
 
 def skip_when_all_done(bootstrap_value: Callable[[], Array], dones: Array) -> Array:
-    """`bootstrap_value()` (`[E]`), or zeros without running it when every episode ended
-    in the last round (`dones [R, E]`; always so with `rollout.horizon` 1).
+    """`bootstrap_value()` (`[E]` float32), or zeros without running it when every episode
+    ended in the last round (`dones [R, E]`; always so with `rollout.horizon` 1).
 
     Every advantage estimator reads the bootstrap value only through `1 − done` of the
     last round, so for finite values the advantages are the same bit for bit; the skipped
     forward pass over the E next observations is ~10 % of the main job's update.
     `lax.cond` runs one branch (under `vmap` it becomes a select and runs both).
     """
-    out = jax.eval_shape(bootstrap_value)
-    return jax.lax.cond(jnp.all(dones[-1]), lambda: jnp.zeros(out.shape, out.dtype),
-                        bootstrap_value)
+    return jax.lax.cond(jnp.all(dones[-1]), lambda: jnp.zeros(dones.shape[-1:], jnp.float32),
+                        lambda: bootstrap_value().astype(jnp.float32))
 
 
 def map_env_chunks(fn: Callable, tree, chunk: int):

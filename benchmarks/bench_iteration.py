@@ -161,7 +161,8 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
     """Model FLOPs of one update on `traj` as it runs (no rematerialisation counted): the
     batch preparation's forward passes and, per epoch, forward and backward of every row,
     each pass at its width (`ppo.row_trim`'s compacted rows, `ppo.shared_prefix`'s
-    prefixes run once and the rows' remainders attending to them, the action-level critic
+    prefixes run once and the rows' remainders attending to them, with `ppo.agent_widths`
+    a pass per agent at its observations' capacity, the action-level critic
     features over the observations and one action column, or none when the rollout left
     them in the trajectory, the bootstrap observation only when some episode did not
     end)."""
@@ -175,9 +176,14 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
     rows = r * a * e
     lengths = np.asarray(setup.layout.prefix.lengths)
 
+    caps = setup.rollout_config.agent_obs_tokens
+
     def scored(columns, backward=False):  # one scoring pass over [obs ; `columns` actions]
         count = lambda n, t, context=0: flops.layers_forward_flops(
             model, lora, n, t, context=context, backward=backward)
+        if ppo.shared_prefix and ppo.agent_widths and caps is not None:
+            return sum(count(1, int(n)) + count(r * e, max(1, min(o, c) - int(n)) + columns,
+                                                int(n)) for n, c in zip(lengths, caps))
         if ppo.shared_prefix:
             return count(a, int(lengths.max())) + count(
                 rows, max(o - int(lengths.min()), 1) + columns, int(lengths.max()))

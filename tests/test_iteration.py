@@ -45,15 +45,21 @@ def test_a_timed_iteration_reports_every_phase_and_trims(setup):
 
 def test_shared_prefix_update_equals_the_whole_row_update(setup):
     """`ppo.shared_prefix` with the team's own layout: its prefixes are where the rollout
-    put them, so the update on the same trajectory gives the same adapters and critic."""
+    put them, and each agent's observations fit its capacity (the update scores each
+    agent's rows at that width), so the update on the same trajectory gives the same
+    adapters and critic."""
     import numpy as np
 
     assert int(np.min(setup.layout.prefix.lengths)) > 0
+    capacity = np.asarray(setup.rollout_config.agent_obs_tokens)  # [A]
+    assert np.min(capacity) < setup.rollout_config.obs_tokens  # a narrower agent
     state, game = initial_state(setup)
     root = jax.random.key(0)
     whole = make_iteration(setup)
     shared = make_iteration(setup, ppo=setup.exp.ppo.replace(shared_prefix=True))
     _, traj = whole.rollout_phase(setup.base, state, game, root, 0)
+    lengths = np.sum(np.asarray(traj.obs_mask), axis=-1)  # [R, A, E]
+    assert np.all(lengths <= capacity[None, :, None])
     traj, words = whole.prepare(traj)
     want, want_metrics = whole.update_phase(setup.base, state, traj, words, root, 0)
     got, metrics = shared.update_phase(setup.base, state, traj, words, root, 0)

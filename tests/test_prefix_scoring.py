@@ -19,10 +19,10 @@ from marft_jax.models.layers import BASE_ADAPTER
 from tests.test_update import MARFT_A, ROTATION, _leaves, make_trajectory, model  # noqa: F401
 
 
-def prefixed_trajectory(seed, lengths=(3, 5), obs_len=10, **sizes):
+def prefixed_trajectory(seed, lengths=(3, 5), obs_len=10, capacity=None, **sizes):
     """`make_trajectory` whose observations start with their agent's prefix (`lengths`
-    tokens each), left-padded to `obs_len` with different real lengths; one row's
-    observation is its prefix alone."""
+    tokens each), left-padded to `obs_len` with different real lengths (agent i's at most
+    `capacity[i]`, default `obs_len`); one row's observation is its prefix alone."""
     traj = make_trajectory(seed, obs_len=obs_len, **sizes)
     rng = np.random.default_rng(seed + 100)
     prefixes = Segments.from_lists([rng.integers(1, 256, n).tolist() for n in lengths])
@@ -31,7 +31,8 @@ def prefixed_trajectory(seed, lengths=(3, 5), obs_len=10, **sizes):
     mask = np.zeros((r, a, e, o), bool)
     for i in np.ndindex(r, a, e):
         n = lengths[i[1]]
-        real = n if i == (0, 1, 0) else int(rng.integers(n + 1, o + 1))
+        longest = o if capacity is None else capacity[i[1]]
+        real = n if i == (0, 1, 0) else int(rng.integers(n + 1, longest + 1))
         row = np.concatenate([prefixes.tokens[i[1], :n], rng.integers(1, 256, real - n)])
         obs[i][o - real:], mask[i][o - real:] = row, True
     return traj.replace(obs_tokens=jnp.asarray(obs), obs_mask=jnp.asarray(mask)), prefixes
@@ -41,12 +42,15 @@ def prefixed_trajectory(seed, lengths=(3, 5), obs_len=10, **sizes):
 def test_prefix_scores_and_gradients_equal_whole_rows(model, remat):
     graphdef, base, lora = model
     lora = jax.tree.map(lambda x: x + 0.05, lora)
-    traj, prefixes = prefixed_trajectory(21, rounds=2, agents=2, envs=3, act_len=4)
+    capacity = (6, 10)  # agent 0's observations are shorter: its rows run 3 columns wide
+    traj, prefixes = prefixed_trajectory(21, rounds=2, agents=2, envs=3, act_len=4,
+                                         capacity=capacity)
     args = (traj.obs_tokens, traj.obs_mask, traj.action_tokens, traj.action_mask)
 
-    def score(lora, prefix, remat="none"):
+    def score(lora, prefix, remat="none", obs_capacity=None):
         s = scoring.score_actions(graphdef, base, lora, *args, traj.adapter_ids,
-                                  num_value_positions=4, remat=remat, prefix=prefix)
+                                  num_value_positions=4, remat=remat, prefix=prefix,
+                                  obs_capacity=obs_capacity)
         objective = jnp.sum(jnp.where(traj.action_mask, s.token_logprobs + s.entropy, 0.0))
         return objective, s
 
@@ -54,20 +58,27 @@ def test_prefix_scores_and_gradients_equal_whole_rows(model, remat):
     (full_obj, full), full_grads = run(lora, None)
     shared_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes, remat),
                                             has_aux=True))  # remat: the layer scan
-    (obj, shared), grads = shared_run(lora)
+    # and each agent's rows in a pass of their own, at its observations' capacity
+    per_agent_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes, remat, capacity),
+                                               has_aux=True))
     m = np.asarray(traj.action_mask)
-    for got, want in ((shared.token_logprobs, full.token_logprobs),
-                      (shared.entropy, full.entropy), (shared.features, full.features)):
-        np.testing.assert_allclose(np.asarray(got)[m], np.asarray(want)[m], atol=1e-5)
-    np.testing.assert_allclose(obj, full_obj, rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads)):
-        assert np.any(np.asarray(want) != 0)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    for (obj, shared), grads in (shared_run(lora), per_agent_run(lora)):
+        for got, want in ((shared.token_logprobs, full.token_logprobs),
+                          (shared.entropy, full.entropy), (shared.features, full.features)):
+            np.testing.assert_allclose(np.asarray(got)[m], np.asarray(want)[m], atol=1e-5)
+        np.testing.assert_allclose(obj, full_obj, rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(full_grads)):
+            assert np.any(np.asarray(want) != 0)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     # The base trunk's features (adapters off, the prefix on the base model too).
     trunk = lambda p: jax.jit(lambda: scoring.trunk_features(
         graphdef, base, lora, *args, BASE_ADAPTER, 1, prefix=p))()  # prefix: host arrays
     np.testing.assert_allclose(np.asarray(trunk(prefixes)), np.asarray(trunk(None)),
                                atol=1e-5)
+    per_agent = jax.jit(lambda: scoring.trunk_features(
+        graphdef, base, lora, *args, BASE_ADAPTER, 1, prefix=prefixes,
+        obs_capacity=capacity))()
+    np.testing.assert_allclose(np.asarray(per_agent), np.asarray(trunk(None)), atol=1e-5)
 
 
 # (remat's prefix path is compared with whole rows in the scores-and-gradients test above)

@@ -7,7 +7,7 @@ import numpy as np
 from marft_jax.envs.math.datasets import MathProblem
 from marft_jax.envs.math.task import build_math_task
 from marft_jax.flexmg.game import init_game
-from marft_jax.flexmg.layout import build_layout, state_capacity
+from marft_jax.flexmg.layout import agent_observation_capacities, build_layout, state_capacity
 from marft_jax.flexmg.profiles import team_from_dicts
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from marft_jax.sampling.types import Generation
@@ -42,15 +42,23 @@ def scripted_policy(script):
     return generate
 
 
+def _capacities(team, layout, table, horizon):
+    """Each agent's longest observation, as `training.setup` derives it."""
+    observed = state_capacity(layout, table.tokens.shape[1], K, team.num_agents, horizon - 1)
+    return agent_observation_capacities(layout, observed, K,
+                                        [len(d) for d in team.dependencies])
+
+
 def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement="last",
-         policy=None, params=None, shared_prefix=False, obs_tokens=512):
+         policy=None, params=None, shared_prefix=False, obs_tokens=512, capacities=False):
     layout = build_layout(team, TOK, style)
     task = build_math_task([MathProblem(q, a, str(i)) for i, (q, a) in enumerate(problems)], TOK)
     table = task.table
     state_size = state_capacity(layout, table.tokens.shape[1], K, team.num_agents, horizon)
+    caps = _capacities(team, layout, table, horizon) if capacities else None
     config = RolloutConfig(num_rounds=rounds, horizon=horizon, obs_tokens=obs_tokens,
                            action_tokens=K, reward_placement=placement,
-                           shared_prefix=shared_prefix)
+                           shared_prefix=shared_prefix, agent_obs_tokens=caps)
     rollout = make_rollout(team, layout, table, policy or scripted_policy(script),
                            task.reward_fn(TOK, team.answer_mask), config)
     # Problem order from the key: the test uses one problem table of size 1 or a fixed order.
@@ -240,7 +248,8 @@ def test_split_prefix_keeps_every_observation_token():
 
 def test_shared_prefix_rollout_samples_the_same_trajectory():
     """A tiny random model samples the same actions and log-probs with each agent's
-    prefix prefilled once per wave as with whole observations."""
+    prefix prefilled once per wave as with whole observations, and with each wave's
+    prompts cut to its agents' observation capacity (`RolloutConfig.agent_obs_tokens`)."""
     from marft_jax.models import functional as F
     from marft_jax.models.config import LoraConfig
     from marft_jax.sampling import SamplerConfig, generate
@@ -256,13 +265,21 @@ def test_shared_prefix_rollout_samples_the_same_trajectory():
                         config=config, prefix=prefix)
 
     team = team_from_dicts(PREFIX_TEAM)
-    runs = [_run(team, [("3+4?", "7"), ("1+1?", "2")], None, style="chat", rounds=1, envs=2,
-                 policy=policy, params=(base, lora), shared_prefix=shared, obs_tokens=160)[1]
-            for shared in (False, True)]
-    whole, shared = runs
-    for name in ("obs_tokens", "obs_mask", "action_tokens", "action_mask"):
-        np.testing.assert_array_equal(np.asarray(getattr(shared, name)),
-                                      np.asarray(getattr(whole, name)))
-    np.testing.assert_allclose(np.asarray(shared.policy_logprobs),
-                               np.asarray(whole.policy_logprobs), atol=1e-4)
+    problems = [("3+4?", "7"), ("1+1?", "2")]
+    run = lambda shared, caps: _run(
+        team, problems, None, style="chat", rounds=1, envs=2, horizon=1, policy=policy,
+        params=(base, lora), shared_prefix=shared, obs_tokens=160, capacities=caps)[1]
+    whole = run(False, False)
+    lengths = np.asarray(whole.obs_mask).sum(-1).max(axis=(0, 2))  # [A] longest real
+    table = build_math_task([MathProblem(q, a, str(i)) for i, (q, a) in enumerate(problems)],
+                            TOK).table
+    caps = np.asarray(_capacities(team, build_layout(team, TOK, "chat"), table, 1))
+    assert np.all(lengths <= caps) and np.min(caps) < 100  # the solvers' waves are cut
+    for shared, capacities in ((True, False), (False, True), (True, True)):
+        got = run(shared, capacities)
+        for name in ("obs_tokens", "obs_mask", "action_tokens", "action_mask"):
+            np.testing.assert_array_equal(np.asarray(getattr(got, name)),
+                                          np.asarray(getattr(whole, name)))
+        np.testing.assert_allclose(np.asarray(got.policy_logprobs),
+                                   np.asarray(whole.policy_logprobs), atol=1e-4)
     assert np.asarray(whole.action_mask).sum() > 10

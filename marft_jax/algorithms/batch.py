@@ -112,7 +112,8 @@ def env_chunk(num_envs: int, target: int) -> int:
 
 def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic, base,
                   traj: Trajectory, word_counts: Array | None, chunk: int,
-                  row_width: int | None = None, groups=None, prefix=None):
+                  row_width: int | None = None, groups=None, prefix=None,
+                  obs_capacity: tuple[int, ...] | None = None):
     """Scores the trajectory with the pre-update parameters and computes advantages.
 
     Args:
@@ -128,6 +129,8 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
             tuples; `algorithms.multibase`), or None.
         prefix: the agents' observation prefixes (`ppo.shared_prefix`: each scoring pass
             runs them once per chunk, `scoring.score_actions`), or None.
+        obs_capacity: each agent's longest observation: with a prefix, each agent's rows
+            are scored at their own width (`scoring.score_actions`), or None.
 
     Returns:
         `(Batch, stats)` with scalar statistics of advantages, returns and values.
@@ -175,23 +178,25 @@ def prepare_batch(graphdef, config: PPOConfig, credit: CreditOrder, lora, critic
         if config.recompute_old_logprobs:
             s = scoring.score_actions(graphdef, base, lora, *args, traj.adapter_ids,
                                       num_value_positions=p if shared_trunk else None,
-                                      row_width=row_width, prefix=prefix)
+                                      row_width=row_width, prefix=prefix,
+                                      obs_capacity=obs_capacity)
             out["old_logprobs"], feats = s.token_logprobs, s.features
         elif rollout_features:
             feats = x["obs_features"]
         elif shared_trunk:
             feats = scoring.trunk_features(graphdef, base, lora, *args, traj.adapter_ids, p,
-                                           row_width, prefix)
+                                           row_width, prefix, obs_capacity)
         if config.kl_coef > 0:
             s = scoring.score_actions(graphdef, base, lora, *args, BASE_ADAPTER,
                                       num_value_positions=p if base_trunk else None,
-                                      row_width=row_width, prefix=prefix)
+                                      row_width=row_width, prefix=prefix,
+                                      obs_capacity=obs_capacity)
             out["ref_logprobs"] = s.token_logprobs
             if base_trunk:
                 feats = out["base_features"] = s.features
         elif base_trunk:
             feats = out["base_features"] = scoring.trunk_features(
-                graphdef, base, lora, *args, BASE_ADAPTER, p, row_width, prefix)
+                graphdef, base, lora, *args, BASE_ADAPTER, p, row_width, prefix, obs_capacity)
         if critic_on:
             out["values"] = evaluate_values(critic, feats, head_ids, spec.level)
         return out

@@ -64,7 +64,7 @@ PPO_RULES: dict[str, Rule] = {
     "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
     "advantage_norm_eps": NON_NEGATIVE, "group_size": POSITIVE_INT, "grpo_eps": NON_NEGATIVE,
     "ippo_own_weight": UNIT, "recompute_old_logprobs": FLAG, "skip_no_signal": FLAG,
-    "row_trim": FLAG, "shared_prefix": FLAG,
+    "row_trim": FLAG, "shared_prefix": FLAG, "agent_widths": FLAG,
 }
 
 
@@ -139,6 +139,12 @@ class PPOConfig:
             trunk); gradients reach the adapters through the one prefix pass. Same
             results up to float rounding. Excludes `row_trim` (its compacted rows would
             need their own column split).
+        agent_widths: with `shared_prefix`, score each agent's rows in a pass of their own,
+            only as wide as that agent's observations can be (`RolloutConfig.
+            agent_obs_tokens`: the first agent of a chain sees no predecessor's output)
+            instead of all rows at the widest agent's. Same results up to float rounding;
+            a pass per agent, so the update's program (and its compile time) grows with
+            the team.
         skip_no_signal: skip an adapter's policy step when none of its decisions in the
             minibatch has a nonzero advantage (after normalisation), counted as
             `skipped_no_signal`. Such a step follows only the entropy bonus and KL term, and
@@ -183,6 +189,7 @@ class PPOConfig:
     remat: str = "none"
     row_trim: bool = False
     shared_prefix: bool = False
+    agent_widths: bool = True
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:

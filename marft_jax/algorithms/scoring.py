@@ -162,48 +162,73 @@ def _agent_major(x: Array, a: int) -> Array:
 
 def _prefix_window(graphdef, base, lora, prefix: Segments, obs_tokens: Array,
                    obs_mask: Array, action_tokens: Array, action_mask: Array,
-                   adapter_ids: Array | int, remat: str) -> Array:
+                   adapter_ids: Array | int, remat: str,
+                   obs_capacity: tuple[int, ...] | None = None) -> Array:
     """Hidden states at columns `O - 1 .. O + K - 2` of the `[obs ; action]` rows,
     `[rows, K, H]` in `to_rows` order, with each agent's prefix run once.
 
-    Arguments as in `score_actions`. The rows are split as `flexmg.rollout.split_prefix`
-    splits a wave (every agent one group, the prefixes run with the agents' adapters).
+    Arguments as in `score_actions`. Without `obs_capacity` the rows are split as
+    `flexmg.rollout.split_prefix` splits a wave (every agent one group, the prefixes run
+    with the agents' adapters) and run in one pass at the team's widest remainder; with it,
+    each agent's rows run in a pass of their own, keeping the last `obs_capacity[i] -
+    len(prefix_i)` observation columns (where any of its remainders fits).
     A row whose observation is only its prefix reads its last observation token's hidden
     state from the prefix's pass; a row without observation tokens (never scored with real
     actions) attends to its agent's prefix.
     """
     r, a, e, o = obs_tokens.shape
-    k = action_tokens.shape[-1]
     lengths = np.asarray(prefix.lengths)  # [A], static
     chex.assert_shape(lengths, (a,))
     if o <= int(lengths.min()):  # keep a remainder column: the last observation token
         pad = lambda x: jnp.pad(x, [(0, 0)] * 3 + [(1, 0)])
         obs_tokens, obs_mask = pad(obs_tokens), pad(obs_mask)
+        o += 1
     ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (a,))
-    shared, rest, rest_mask = split_prefix(prefix, tuple(range(a)),
-                                           _agent_major(obs_tokens, a),
-                                           _agent_major(obs_mask, a), ids)
-    # [A * E * R, W] agent-major -> [rows, W] in `to_rows` order; row n * A + a is agent a's.
-    in_rows = lambda x: jnp.swapaxes(x.reshape(a, -1, x.shape[-1]), 0, 1).reshape(
-        -1, x.shape[-1])
-    rest, rest_mask = in_rows(rest), in_rows(rest_mask)  # [rows, W]
-    rows, w = rest.shape
-    shared = shared.replace(group=jnp.tile(jnp.arange(a, dtype=jnp.int32), rows // a))
-    tokens, mask = concat_rows(rest, rest_mask, to_rows(action_tokens),
-                               to_rows(action_mask))  # [rows, W + K]
-    mask = jnp.concatenate([shared.mask[shared.group], mask], axis=1)  # [rows, L + W + K]
+    obs_tokens, obs_mask = _agent_major(obs_tokens, a), _agent_major(obs_mask, a)
+    action_tokens, action_mask = _agent_major(action_tokens, a), _agent_major(action_mask, a)
+    if obs_capacity is None:
+        windows = _group_window(graphdef, base, lora, prefix, tuple(range(a)), obs_tokens,
+                                obs_mask, action_tokens, action_mask, ids, remat)
+    else:
+        chex.assert_equal(len(obs_capacity), a)
+        windows = jnp.concatenate([_group_window(
+            graphdef, base, lora, prefix, (i,), obs_tokens[i:i + 1], obs_mask[i:i + 1],
+            action_tokens[i:i + 1], action_mask[i:i + 1], ids, remat,
+            keep=max(1, min(o, obs_capacity[i]) - int(lengths[i]))) for i in range(a)])
+    # [A, E * R, K, H] agent-major -> [rows, K, H] in `to_rows` order (row n * A + a).
+    return jnp.swapaxes(windows, 0, 1).reshape((-1,) + windows.shape[2:])
+
+
+def _group_window(graphdef, base, lora, prefix: Segments, agents: tuple[int, ...],
+                  obs_tokens: Array, obs_mask: Array, action_tokens: Array,
+                  action_mask: Array, ids: Array, remat: str, keep: int | None = None
+                  ) -> Array:
+    """`_prefix_window` of `agents`' rows (`[W, N, ...]` agent-major) in one pass ->
+    `[W, N, K, H]`; `keep`: the remainder columns kept (the last ones), None: all."""
+    w_agents, n, _ = obs_tokens.shape
+    k = action_tokens.shape[-1]
+    lengths = np.asarray(prefix.lengths)[list(agents)]
+    shared, rest, rest_mask = split_prefix(prefix, agents, obs_tokens, obs_mask, ids)
+    if keep is not None and keep < rest.shape[-1]:  # real remainders end the rows
+        rest, rest_mask = rest[:, -keep:], rest_mask[:, -keep:]
+    w = rest.shape[-1]
+    tokens, mask = concat_rows(rest, rest_mask, action_tokens.reshape(-1, k),
+                               action_mask.reshape(-1, k))  # [W * N, w + K]
+    mask = jnp.concatenate([shared.mask[shared.group], mask], axis=1)  # [W * N, L + w + K]
     group_hidden, hidden, _ = F.prefix_forward(graphdef, base, lora, shared, tokens, mask,
-                                               ids[shared.group], remat=remat)
-    # group_hidden [A, L, H], hidden [rows, W + K, H]
-    window = hidden[:, w - 1:w - 1 + k]  # [rows, K, H]
-    last = group_hidden[np.arange(a), np.maximum(lengths - 1, 0)]  # [A, H]
-    first = jnp.where(rest_mask[:, -1:], window[:, 0], last[shared.group])  # [rows, H]
-    return window.at[:, 0].set(first)
+                                               ids[np.asarray(agents)][shared.group],
+                                               remat=remat)
+    # group_hidden [W, L, H], hidden [W * N, w + K, H]
+    window = hidden[:, w - 1:w - 1 + k]  # [W * N, K, H]
+    last = group_hidden[np.arange(w_agents), np.maximum(lengths - 1, 0)]  # [W, H]
+    first = jnp.where(rest_mask[:, -1:], window[:, 0], last[shared.group])  # [W * N, H]
+    return window.at[:, 0].set(first).reshape((w_agents, n) + window.shape[1:])
 
 
 def _scored_hidden(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                    action_tokens: Array, action_mask: Array, adapter_ids: Array | int,
-                   remat: str, row_width: int | None, prefix: Segments | None
+                   remat: str, row_width: int | None, prefix: Segments | None,
+                   obs_capacity: tuple[int, ...] | None = None
                    ) -> tuple[Array, Array | None, int]:
     """`(hidden, shift, origin)` of the `[obs ; action]` rows (`to_rows` order):
     `_hidden_at(hidden, columns - origin, shift)` reads columns ≥ O - 1 (see
@@ -213,7 +238,8 @@ def _scored_hidden(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
         if row_width is not None:
             raise ValueError("score_actions: a prefix excludes row_width")
         return _prefix_window(graphdef, base, lora, prefix, obs_tokens, obs_mask,
-                              action_tokens, action_mask, adapter_ids, remat), None, o - 1
+                              action_tokens, action_mask, adapter_ids, remat,
+                              obs_capacity), None, o - 1
     tokens, mask = concat_rows(obs_tokens, obs_mask, action_tokens, action_mask)
     ids = _row_adapter_ids(adapter_ids, r, a, e)
     hidden, shift = _row_hidden(graphdef, base, lora, to_rows(tokens), to_rows(mask), ids,
@@ -224,7 +250,8 @@ def _scored_hidden(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
 def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                   action_tokens: Array, action_mask: Array, adapter_ids: Array, *,
                   num_value_positions: int | None, remat: str = "none",
-                  row_width: int | None = None, prefix: Segments | None = None) -> Scores:
+                  row_width: int | None = None, prefix: Segments | None = None,
+                  obs_capacity: tuple[int, ...] | None = None) -> Scores:
     """Log-probs, entropies and critic features of actions, one forward pass.
 
     Args:
@@ -245,6 +272,10 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
             host arrays; `ppo.shared_prefix`), run once per call and attended to by the
             rows' remainders; None: whole rows. Same results up to float rounding; excludes
             `row_width`.
+        obs_capacity: with a prefix, each agent's longest observation (static,
+            `RolloutConfig.agent_obs_tokens`): each agent's rows run in a pass of their own,
+            `obs_capacity[i] - len(prefix_i)` remainder columns wide, instead of one pass at
+            the team's widest remainder. Same results; ignored without a prefix.
 
     Returns:
         `Scores` with `[R, A, E, ...]` leading axes.
@@ -254,7 +285,7 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     k = action_tokens.shape[-1]
     hidden, shift, origin = _scored_hidden(graphdef, base, lora, obs_tokens, obs_mask,
                                            action_tokens, action_mask, adapter_ids, remat,
-                                           row_width, prefix)
+                                           row_width, prefix, obs_capacity)
     before_action = _hidden_at(hidden, o - 1 - origin + np.arange(k), shift)  # [rows, K, H]
     logits = F.lm_logits(graphdef, base, lora, before_action)  # [rows, K, V] float32
     logp_all = jax.nn.log_softmax(logits, axis=-1)
@@ -273,7 +304,8 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
 def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                    action_tokens: Array, action_mask: Array, adapter_ids: Array,
                    num_value_positions: int, row_width: int | None = None,
-                   prefix: Segments | None = None) -> Array:
+                   prefix: Segments | None = None,
+                   obs_capacity: tuple[int, ...] | None = None) -> Array:
     """Critic features only (no LM head): `[R, A, E, P, H]`, stop-gradient.
 
     Arguments as in `score_actions`; `num_value_positions` is 1 or K. With 1 (the
@@ -287,7 +319,7 @@ def trunk_features(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
             row_width = None
     hidden, shift, origin = _scored_hidden(graphdef, base, lora, obs_tokens, obs_mask,
                                            action_tokens, action_mask, adapter_ids, "none",
-                                           row_width, prefix)
+                                           row_width, prefix, obs_capacity)
     feats = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions) - origin,
                        shift)
     return from_rows(jax.lax.stop_gradient(feats), r, a, e)

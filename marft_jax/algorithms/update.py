@@ -100,7 +100,8 @@ def zero_terms(num_agents: int) -> tuple[losses.PolicyTerms, losses.ValueTerms]:
 
 def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_count: Array,
               value_count: Array, groups=None, *, row_width: int | None = None,
-              prefix=None) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
+              prefix=None, obs_capacity: tuple[int, ...] | None = None
+              ) -> tuple[Array, tuple[losses.PolicyTerms, losses.ValueTerms]]:
     """The MARFT objective of one micro-batch, and its per-agent sums with counts.
 
     Each agent contributes its policy objective divided by its decision count in the whole
@@ -122,6 +123,8 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         row_width: compacted row width of the scoring forward (`ppo.row_trim`), or None.
         prefix: the agents' observation prefixes, run once per micro-batch
             (`ppo.shared_prefix`; `scoring.score_actions`), or None.
+        obs_capacity: each agent's longest observation (with a prefix: a scoring pass per
+            agent at its own width, `scoring.score_actions`), or None.
 
     Returns:
         `(total, (policy_terms, value_terms))`: the scalar objective and the `[A]` sums of
@@ -137,7 +140,8 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
         scores = scoring.score_actions(
             graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
             micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
-            remat=config.remat, row_width=row_width, prefix=prefix)
+            remat=config.remat, row_width=row_width, prefix=prefix,
+            obs_capacity=obs_capacity)
     else:
         scores = multibase.score_actions(
             groups, graphdef, base, lora, micro.obs_tokens, micro.obs_mask,
@@ -164,7 +168,7 @@ def make_update(graphdef, config: PPOConfig,
                 *, donate: bool = False, out_shardings: Any = None,
                 constrain_batch: Callable | None = None,
                 grad_map: Callable | None = None, groups: Any = None,
-                prefix: Any = None) -> Callable:
+                prefix: Any = None, obs_capacity: tuple[int, ...] | None = None) -> Callable:
     """Builds the jitted update for one algorithm configuration.
 
     Args:
@@ -184,6 +188,9 @@ def make_update(graphdef, config: PPOConfig,
         prefix: the team's observation prefixes (`ObservationLayout.prefix`, host arrays;
             every observation starts with its agent's), required with
             `config.shared_prefix` and used only then.
+        obs_capacity: each agent's longest observation (`RolloutConfig.agent_obs_tokens`):
+            with the shared prefix every scoring pass runs each agent's rows at its own
+            width (`scoring.score_actions`); None: all rows at the widest agent's.
 
     Returns:
         `update(state, base, trajectory, key, word_counts=None, fault=None,
@@ -208,6 +215,7 @@ def make_update(graphdef, config: PPOConfig,
         raise ConfigError("ppo config: field 'shared_prefix' needs the team's observation "
                           "prefixes (make_update(prefix=layout.prefix)) and one base")
     prefix = prefix if config.shared_prefix else None
+    obs_capacity = obs_capacity if prefix is not None and config.agent_widths else None
     spec = config.spec
     constrain = constrain_batch or (lambda tree: tree)
     actor_tx = optim.actor_optimizer(config)
@@ -226,7 +234,8 @@ def make_update(graphdef, config: PPOConfig,
 
         batch, stats = batch_lib.prepare_batch(
             graphdef, config, credit, state.lora, state.critic, base, traj, word_counts,
-            batch_lib.env_chunk(e, per_micro), row_width, groups=groups, prefix=prefix)
+            batch_lib.env_chunk(e, per_micro), row_width, groups=groups, prefix=prefix,
+            obs_capacity=obs_capacity)
 
         samples = state.samples + r * e
         warmup = schedules.in_critic_warmup(samples, config.critic_warmup_samples)
@@ -237,7 +246,8 @@ def make_update(graphdef, config: PPOConfig,
         to_adapter = lambda x: schedules.agents_to_adapters(x, traj.adapter_ids, num_adapters)
 
         grad_fn = jax.grad(functools.partial(objective, graphdef, config, groups=groups,
-                                             row_width=row_width, prefix=prefix),
+                                             row_width=row_width, prefix=prefix,
+                                             obs_capacity=obs_capacity),
                            has_aux=True)
 
         def minibatch_grads(params, ctx, mb: Batch, policy_count, value_count):

@@ -156,3 +156,16 @@ def observation_capacity(layout: ObservationLayout, state_tokens: int, action_to
     pred = int(np.max(layout.pred_open.lengths)) + action_tokens + layout.pred_close.max_length
     return (layout.prefix.max_length + state_tokens + max_predecessors * pred
             + layout.suffix.max_length)
+
+
+def agent_observation_capacities(layout: ObservationLayout, state_tokens: int,
+                                 action_tokens: int,
+                                 predecessors: Sequence[int]) -> tuple[int, ...]:
+    """Each agent's longest observation (its own prefix and suffix, `predecessors[i]`
+    outputs), each at most `observation_capacity` with the largest count.
+
+    A dynamic topology only switches dependencies off, so the static counts bound it too.
+    """
+    pred = int(np.max(layout.pred_open.lengths)) + action_tokens + layout.pred_close.max_length
+    return tuple(int(layout.prefix.lengths[i]) + state_tokens + n * pred
+                 + int(layout.suffix.lengths[i]) for i, n in enumerate(predecessors))

@@ -61,6 +61,10 @@ class RolloutConfig:
             keys and values to the envs (`sampling.SharedPrefix`) instead of prefilling it
             in every row. Same generations up to float rounding; the trajectory keeps the
             whole observations.
+        agent_obs_tokens: each agent's longest observation (`[A]`, each ≤ `obs_tokens`;
+            `flexmg.layout.agent_observation_capacities`), or None (`obs_tokens` for all):
+            where an agent's observations end within fewer columns, the update scores its
+            rows at that width (`algorithms.scoring.score_actions(obs_capacity=...)`).
     """
 
     num_rounds: int = 1
@@ -70,11 +74,16 @@ class RolloutConfig:
     reward_placement: str = "last"
     pad_id: int = 0
     shared_prefix: bool = False
+    agent_obs_tokens: tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name in ("num_rounds", "horizon", "obs_tokens", "action_tokens"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config: field {name!r} must be positive")
+        if self.agent_obs_tokens is not None and not all(
+                0 < n <= self.obs_tokens for n in self.agent_obs_tokens):
+            raise ConfigError(f"config: field 'agent_obs_tokens' {self.agent_obs_tokens} "
+                              f"must lie in 1..obs_tokens ({self.obs_tokens})")
 
 
 def place_rewards(correct: Array, answer_mask: np.ndarray, last_agent: int,
@@ -168,6 +177,23 @@ def split_prefix(prefixes: Segments, wave: tuple[int, ...], obs: Array, mask: Ar
             rest_mask.reshape(w * e, o - l_min))
 
 
+def _wave_columns(config: RolloutConfig, wave: tuple[int, ...],
+                  prefix_lengths: np.ndarray | None = None) -> int:
+    """The last prompt columns a wave's rows need (their real tokens end every row).
+
+    Whole observations: the wave's longest `config.agent_obs_tokens` (`obs_tokens` without
+    them). Remainders after `split_prefix`: the longest observation less its agent's
+    prefix. Leading columns that only pad change no generation (RoPE positions count real
+    tokens), so a wave of short observations prefills and attends over fewer columns.
+    """
+    caps = (config.agent_obs_tokens if config.agent_obs_tokens is not None
+            else (config.obs_tokens,) * (max(wave) + 1))
+    if prefix_lengths is None:
+        return max(caps[i] for i in wave)
+    lengths = np.asarray(prefix_lengths)
+    return max(1, max(caps[i] - int(lengths[i]) for i in wave))
+
+
 def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                  generate_fn: Callable[..., Any], reward_fn: Callable[..., Array],
                  config: RolloutConfig, *, max_new_tokens: int | None = None,
@@ -234,12 +260,14 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
             if config.shared_prefix:
                 prefix, rest, rest_mask = split_prefix(layout.prefix, wave, wave_obs, wave_mask,
                                                        adapter_of)
-                gen = generate_fn(params, rest, rest_mask, per_row(adapter_of),
-                                  per_row(temps), per_row(budgets), jax.random.fold_in(key, w),
-                                  prefix=prefix)
+                keep = _wave_columns(config, wave, layout.prefix.lengths)
+                gen = generate_fn(params, rest[:, -keep:], rest_mask[:, -keep:],
+                                  per_row(adapter_of), per_row(temps), per_row(budgets),
+                                  jax.random.fold_in(key, w), prefix=prefix)
             else:
-                gen = generate_fn(params, wave_obs.reshape(rows, -1),
-                                  wave_mask.reshape(rows, -1), per_row(adapter_of),
+                keep = _wave_columns(config, wave)
+                gen = generate_fn(params, wave_obs.reshape(rows, -1)[:, -keep:],
+                                  wave_mask.reshape(rows, -1)[:, -keep:], per_row(adapter_of),
                                   per_row(temps), per_row(budgets), jax.random.fold_in(key, w))
             idx = jnp.asarray(wave)
             shape = (len(wave), e, k)

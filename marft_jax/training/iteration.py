@@ -194,6 +194,6 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
         rollout = jax.jit(rollout)
     prefix = setup.layout.prefix if ppo.shared_prefix and groups is None else None
     update = make_update(setup.graphdef, ppo, exp.team.graph, groups=groups, prefix=prefix,
-                         **options)
+                         obs_capacity=setup.rollout_config.agent_obs_tokens, **options)
     return Iteration(setup=setup, plan=plan, rollout=rollout, update=update, ppo=ppo,
                      host_steps=host_steps)

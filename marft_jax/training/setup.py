@@ -16,7 +16,8 @@ from marft_jax.envs.registry import TaskSplit, get_task
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import ProblemTable, init_game
 from marft_jax.flexmg.hetero import make_hetero_rollout
-from marft_jax.flexmg.layout import ObservationLayout, observation_capacity, state_capacity
+from marft_jax.flexmg.layout import (ObservationLayout, agent_observation_capacities,
+                                     observation_capacity, state_capacity)
 from marft_jax.flexmg.orchestration import host_router
 from marft_jax.flexmg.rollout import RolloutConfig, make_rollout
 from marft_jax.models.config import ModelConfig
@@ -145,10 +146,13 @@ def build_setup(exp: Experiment) -> RunSetup:
                           f"generated, more than the model's context of {context} tokens; "
                           "use fewer agents, a shorter rollout.horizon or "
                           "sampling.max_new_tokens")
+    agent_obs = agent_observation_capacities(layout, observed_state, k,
+                                             [len(d) for d in team.dependencies])
     rollout_config = RolloutConfig(num_rounds=exp.rollout.num_rounds, horizon=horizon,
                                    obs_tokens=obs_tokens, action_tokens=k,
                                    reward_placement=exp.rollout.reward_placement, pad_id=pad,
-                                   shared_prefix=exp.rollout.shared_prefix)
+                                   shared_prefix=exp.rollout.shared_prefix,
+                                   agent_obs_tokens=agent_obs)
     exp = with_micro_batches(exp, cfg, rollout_config)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,

@@ -36,7 +36,9 @@ import numpy as np
 
 def _args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="smollm2,tiny", help="comma list: smollm2, tiny")
+    p.add_argument("--models", default="smollm2,tiny",
+                   help="comma list: smollm2 (its GGUF weights), tiny, smollm2_shape, "
+                        "llama1b (random weights of these shapes, RANDOM_LLAMAS)")
     p.add_argument("--batches", default="8,32")
     p.add_argument("--new_tokens", default="64,256")
     p.add_argument("--modes", default="greedy,sampled", help="greedy, sampled (T=0.5, k=50)")
@@ -60,6 +62,8 @@ def _args():
     p.add_argument("--hf_dtypes", default="bfloat16,float32",
                    help="transformers dtypes to run (the fastest is the baseline)")
     p.add_argument("--skip_hf", action="store_true", help="only our sampler")
+    p.add_argument("--hf_device", default="cpu", help="torch device of transformers' runs "
+                   "(a GPU: cuda; ours run on JAX's default device)")
     p.add_argument("--out", default="", help="write the results as JSON here")
     return p.parse_args()
 
@@ -94,15 +98,27 @@ def _none(name):
 
 # ------------------------------------------------------------------------------ models
 
-def tiny_checkpoint(directory: str):
-    """A random-weight 2-layer Llama (d=128, vocab 512) saved for both frameworks."""
+# Random-weight Llamas (transformers.LlamaConfig fields): a tiny one, SmolLM2-135M's shapes
+# and a ~1.1B one (TinyLlama's shapes) for accelerators.
+RANDOM_LLAMAS = {
+    "tiny": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                 tie_word_embeddings=True),
+    "smollm2_shape": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          max_position_embeddings=8192, tie_word_embeddings=True),
+    "llama1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632,
+                    num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+                    max_position_embeddings=2048, tie_word_embeddings=False),
+}
+
+
+def random_checkpoint(directory: str, name: str = "tiny"):
+    """A random-weight Llama of `RANDOM_LLAMAS[name]`'s shapes saved for both frameworks."""
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(
-        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True)
+    cfg = transformers.LlamaConfig(**RANDOM_LLAMAS[name])
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg)
     model.save_pretrained(directory)
@@ -123,7 +139,7 @@ def load_hf(name: str, path: str, dtype: str):
             os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.to(getattr(torch, dtype)).eval()
+    return model.to(device=ARGS.hf_device, dtype=getattr(torch, dtype)).eval()
 
 
 # ------------------------------------------------------------------------------ runners
@@ -169,10 +185,14 @@ def run_hf(model, tokens, mode: str, new: int):
 
     kw = dict(do_sample=False) if mode == "greedy" else dict(
         do_sample=True, temperature=TEMPERATURE, top_k=TOP_K, top_p=1.0)
+    device = ARGS.hf_device
     with torch.inference_mode():
-        out = model.generate(input_ids=torch.tensor(tokens, dtype=torch.long),
-                             attention_mask=torch.ones(tokens.shape, dtype=torch.long),
-                             max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **kw)
+        out = model.generate(
+            input_ids=torch.tensor(tokens, dtype=torch.long, device=device),
+            attention_mask=torch.ones(tokens.shape, dtype=torch.long, device=device),
+            max_new_tokens=new, min_new_tokens=new, pad_token_id=0, **kw)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     assert out.shape[1] == tokens.shape[1] + new
 
 
@@ -312,6 +332,7 @@ def main():
         date=subprocess.run(["date"], capture_output=True, text=True).stdout.strip(),
         machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         threads=ARGS.threads, jax=jax.__version__, torch=torch.__version__,
+        device=jax.devices()[0].device_kind, hf_device=ARGS.hf_device,
         xla_flags=os.environ.get("XLA_FLAGS", ""), copy_gb_s=bandwidth,
         ours=dict(dtype=ARGS.dtype, prefill_dtype=ARGS.prefill_dtype,
                   decode_dtypes=ARGS.decode_dtypes, decode_chunks=ARGS.decode_chunks,
@@ -325,11 +346,12 @@ def main():
 
             bench_model(name, resolve_model("smollm2-135m-instruct").gguf_path, results,
                         bandwidth)
-        elif name == "tiny":
+        elif name in RANDOM_LLAMAS:
             with tempfile.TemporaryDirectory() as d:
-                bench_model(name, tiny_checkpoint(d), results, bandwidth)
+                bench_model(name, random_checkpoint(d, name), results, bandwidth)
         else:
-            raise SystemExit(f"--models: unknown model {name!r} (smollm2, tiny)")
+            raise SystemExit(f"--models: unknown model {name!r} (smollm2, "
+                             f"{', '.join(RANDOM_LLAMAS)})")
     if ARGS.out:
         with open(ARGS.out, "w") as f:
             json.dump(dict(meta=meta, results=results), f, indent=1)

@@ -47,6 +47,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (after one warm
 _VARIANTS = flags.DEFINE_multi_string("update_variant", [], "PPO fields name=value[,...]: "
                                       "time an update with these changes too (side by side).")
 _PRESET = flags.DEFINE_enum("preset", "", ["", "reference"], "Settings to apply on the config.")
+_PEAK_DTYPE = flags.DEFINE_enum("peak_dtype", "float32", ["float32", "bfloat16"],
+                                "Dtype of the matmul whose FLOP/s is MFU's peak (a GPU's "
+                                "bf16 tensor cores: bfloat16).")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of that square matmul (a GPU: 8192).")
 _ITERATION_VARIANTS = flags.DEFINE_multi_string(
     "iteration_variant", [], "config fields section.name=value[,...]: run whole iterations "
     "(rollout and update, each setting its own state) with these changes too, alternating "
@@ -139,14 +143,16 @@ def _compare_iterations(config, items):
               "the first setting")
     print("peak RSS (ru_maxrss, all settings): "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9:.2f} GB")
+    _print_device_memory()
 
 
-def _matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Float32 matmul FLOP/s, the best of `repeats` timed products (after a warm-up)."""
+def _matmul_peak(size: int = 2048, dtype: str = "float32", repeats: int = 5) -> float:
+    """Matmul FLOP/s of `[size, size]` `dtype` operands, the best of `repeats` timed
+    products (after a warm-up)."""
     import jax
     import jax.numpy as jnp
 
-    x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    x = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
     product = jax.jit(lambda a, b: a @ b)
     jax.block_until_ready(product(x, x))
     best = float("inf")
@@ -262,7 +268,7 @@ def main(argv):
         else:
             print("first call (compile + run): "
                   + ", ".join(f"{part} {seconds:.1f}s" for part, seconds in elapsed.items()))
-    peak_flops = _matmul_peak()
+    peak_flops = _matmul_peak(_PEAK_SIZE.value, _PEAK_DTYPE.value)
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     gen_tokens = int(np.sum(np.asarray(traj.action_mask)))
     r, a, e, o = traj.obs_tokens.shape
@@ -276,14 +282,18 @@ def main(argv):
           f"tokens/epoch {update_tokens}; ppo.row_trim's row width {compact} of {o + k} "
           "(last iteration)")
     lengths = np.asarray(setup.layout.prefix.lengths)
+    caps = setup.rollout_config.agent_obs_tokens
     print(f"ppo.shared_prefix: prefixes {lengths.tolist()} tokens, row remainder width "
-          f"{o - int(lengths.min())} (+ {k})")
+          f"{o - int(lengths.min())} (+ {k})" + ("" if caps is None else (
+              f"; each agent's own (ppo.agent_widths, the rollout's waves): "
+              f"{[max(1, min(o, c) - int(n)) for n, c in zip(lengths, caps)]}")))
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name}: median {medians[name]:.2f}s over {len(values)} "
               f"({', '.join(f'{v:.2f}' for v in values)})")
     print(f"rollout: {gen_tokens / medians['rollout']:.1f} generated tokens/s")
-    print(f"matmul peak (float32, measured now): {peak_flops / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak ({_PEAK_DTYPE.value} {_PEAK_SIZE.value}², measured now): "
+          f"{peak_flops / 1e9:.1f} GFLOP/s on {jax.devices()[0].device_kind}")
     for name, ppo in variants.items():
         seconds = medians[f"update[{name}]"]
         flops = _update_flops(setup, ppo, traj, compact if ppo.row_trim else None)
@@ -304,6 +314,17 @@ def main(argv):
     print(f"episodes per CPU-minute: {episodes / (cpu_seconds / 60):.2f} ({episodes:.0f} "
           f"episodes, {cpu_seconds:.1f} CPU-s in {_REPEATS.value} iterations)")
     print(f"peak RSS (ru_maxrss): {peak_rss_gb:.2f} GB")
+    _print_device_memory()
+
+
+def _print_device_memory() -> None:
+    """The accelerator's peak memory in use (where the backend reports it: GPU, TPU)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        print(f"device peak memory in use: {stats['peak_bytes_in_use'] / 1e9:.2f} GB of "
+              f"{stats.get('bytes_limit', 0) / 1e9:.1f} GB ({jax.devices()[0].device_kind})")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,11 @@ WORKER = ROOT / "tests" / "parallel_worker.py"
 # NAME:DATA,FSDP,TP,MODE,ITERATIONS
 # An orchestrated team (dynamic topology: the router's per-env calls follow the env split).
 ROUTE = ":team.profiles='token_route'|task.kind='route'"
-FIRST = ["one:1,1,1,auto,2", "data2_fsdp2:2,2,1,auto,2", "data2_tp2:2,1,2,auto,2",
-         "route_one:1,1,1,auto,2" + ROUTE]
+FIRST = ["one:1,1,1,auto,2", "data2_fsdp2:2,2,1,auto,2", "data2_tp2:2,1,2,auto,2"]
 # shard_map mode runs with ppo.shared_prefix: one run covers both against the whole-row
 # jit on one device (a plain 4-way data split is covered by the two runs here: the
 # orchestrated team's auto mode and this one).
-SECOND = ["route_data4:4,1,1,auto,2" + ROUTE,
+SECOND = ["route_one:1,1,1,auto,2" + ROUTE, "route_data4:4,1,1,auto,2" + ROUTE,
           "prefix_shard_map4:4,1,1,shard_map,2:ppo.shared_prefix=True"]
 TWO_PROCESSES = ["two_processes:2,2,1,auto,2"]  # data across the processes, fsdp within
 TOL = 1e-5

@@ -58,11 +58,13 @@ def test_prefix_scores_and_gradients_equal_whole_rows(model, remat):
     (full_obj, full), full_grads = run(lora, None)
     shared_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes, remat),
                                             has_aux=True))  # remat: the layer scan
-    # and each agent's rows in a pass of their own, at its observations' capacity
-    per_agent_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes, remat, capacity),
+    # and each agent's rows in a pass of their own, at its observations' capacity (the
+    # same prefix_forward per pass: its remat path is the one checked just before)
+    per_agent_run = jax.jit(jax.value_and_grad(lambda lo: score(lo, prefixes, "none", capacity),
                                                has_aux=True))
     m = np.asarray(traj.action_mask)
-    for (obj, shared), grads in (shared_run(lora), per_agent_run(lora)):
+    runs = (shared_run(lora),) + ((per_agent_run(lora),) if remat == "none" else ())
+    for (obj, shared), grads in runs:
         for got, want in ((shared.token_logprobs, full.token_logprobs),
                           (shared.entropy, full.entropy), (shared.features, full.features)):
             np.testing.assert_allclose(np.asarray(got)[m], np.asarray(want)[m], atol=1e-5)

@@ -29,11 +29,11 @@ WORKER = ROOT / "tests" / "parallel_worker.py"
 # An orchestrated team (dynamic topology: the router's per-env calls follow the env split).
 ROUTE = ":team.profiles='token_route'|task.kind='route'"
 FIRST = ["one:1,1,1,auto,2", "data2_fsdp2:2,2,1,auto,2", "data2_tp2:2,1,2,auto,2"]
-# shard_map mode runs with ppo.shared_prefix: one run covers both against the whole-row
-# jit on one device (a plain 4-way data split is covered by the two runs here: the
-# orchestrated team's auto mode and this one).
-SECOND = ["route_one:1,1,1,auto,2" + ROUTE, "route_data4:4,1,1,auto,2" + ROUTE,
-          "prefix_shard_map4:4,1,1,shard_map,2:ppo.shared_prefix=True"]
+# The orchestrated team split 4 ways in shard_map mode with ppo.shared_prefix: one run
+# covers the three against the whole-row jit on one device (auto mode's data split:
+# data2_fsdp2 and the two processes).
+SECOND = ["route_one:1,1,1,auto,2" + ROUTE,
+          "route_prefix_shard_map4:4,1,1,shard_map,2" + ROUTE + "|ppo.shared_prefix=True"]
 TWO_PROCESSES = ["two_processes:2,2,1,auto,2"]  # data across the processes, fsdp within
 TOL = 1e-5
 
@@ -122,13 +122,8 @@ def test_sharded_training_matches_one_device(jobs, name):
 
 
 @pytest.mark.slow
-def test_orchestrated_team_sharded_matches_one_device(jobs):
-    _assert_same_run(jobs, "route_data4", "route_one")
-
-
-@pytest.mark.slow
-def test_shard_map_mode_with_shared_prefix_matches_one_device_of_whole_rows(jobs):
-    _assert_same_run(jobs, "prefix_shard_map4", "one")
+def test_orchestrated_team_in_shard_map_mode_with_shared_prefix_matches_one_device(jobs):
+    _assert_same_run(jobs, "route_prefix_shard_map4", "route_one")
 
 
 @pytest.mark.slow
@@ -137,13 +132,14 @@ def test_layouts_really_split_weights_and_environments(jobs):
     q_a = "['train'].lora['layers'][0]['self_attn']['q_proj']['lora_a'].value"
     mu_q_b = "['train'].actor_opt[1][0].mu['layers'][0]['self_attn']['q_proj']['lora_b'].value"
     specs = {name: _result(jobs, name)[1]["specs"] for name in ("data2_fsdp2", "data2_tp2",
-                                                                 "prefix_shard_map4")}
+                                                                 "route_prefix_shard_map4")}
     assert specs["data2_tp2"][q_b] == specs["data2_tp2"][mu_q_b] == str(P(None, None, "tp"))
     assert specs["data2_tp2"][q_a] == str(P(None, None, None))
     assert specs["data2_fsdp2"][q_a] == str(P(None, "fsdp", None))
     assert specs["data2_tp2"]["['train'].critic['w0']"] == str(P(None, None, "tp"))
-    assert specs["prefix_shard_map4"]["['game'].tokens"] == str(P(("data", "fsdp"), None))
-    assert specs["prefix_shard_map4"]["['game'].order"] == str(P())
+    four = specs["route_prefix_shard_map4"]
+    assert four["['game'].tokens"] == str(P(("data", "fsdp"), None))
+    assert four["['game'].order"] == str(P())
 
 
 @pytest.mark.slow

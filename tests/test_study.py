@@ -130,39 +130,31 @@ def _study(*args):
 
 
 @pytest.mark.slow
-def test_repro_study_vmapped_and_sequential_agree(tmp_path):
-    common = ["--only=untrained,marft_a", "--seeds=0", "--set=train.iterations=2"]
-    vm = _study(*common, f"--out={tmp_path / 'vm'}")
+def test_repro_study_runs_and_reports(tmp_path):
+    """The study CLI end to end on its default, seed-vmapped path (the sequential path runs
+    `experiments/train.py` per seed, tested in test_train_entry, and gives the vmapped
+    numbers: `test_vmapped_seeds_reproduce_sequential_runs`)."""
+    common = ["--only=untrained,marft_a", "--set=train.iterations=2"]
+    vm = _study(*common, "--seeds=0", f"--out={tmp_path / 'vm'}")
     assert vm.returncode == 0, vm.stderr[-3000:]
-    seq = _study(*common, f"--out={tmp_path / 'seq'}", "--novmap")
-    assert seq.returncode == 0, seq.stderr[-3000:]
-    for out in ("vm", "seq"):
-        assert (tmp_path / out / "learning_curves.png").stat().st_size > 0
-        assert "| marft_a | 1 | 2 |" in (tmp_path / out / "summary.md").read_text()
-    rows = {o: list(csv.DictReader(open(tmp_path / o / "results.csv"))) for o in ("vm", "seq")}
-    assert [(r["condition"], r["seed"], r["iterations"]) for r in rows["vm"]] == [
+    assert (tmp_path / "vm" / "learning_curves.png").stat().st_size > 0
+    assert "| marft_a | 1 | 2 |" in (tmp_path / "vm" / "summary.md").read_text()
+    rows = list(csv.DictReader(open(tmp_path / "vm" / "results.csv")))
+    assert [(r["condition"], r["seed"], r["iterations"]) for r in rows] == [
         ("untrained", "0", "0"), ("marft_a", "0", "2")]
-    assert "experiments/train.py" in rows["seq"][1]["command"]
-    assert "--config.seed=0" in rows["seq"][1]["command"]
-    assert "repro_study.py" in rows["vm"][1]["command"]
-    for a, b in zip(rows["vm"], rows["seq"]):
-        for field in ("before", "after", "final_score"):
-            if a[field] == "" or b[field] == "":  # no rollout curve when untrained
-                assert a[field] == b[field] == "" and a["iterations"] == "0", field
-            else:
-                assert float(a[field]) == pytest.approx(float(b[field]), abs=1e-6), field
+    assert "repro_study.py" in rows[1]["command"]
+    assert rows[1]["final_score"] != "" and rows[0]["final_score"] == ""
     # Untrained: evaluation only, so after == before.
-    assert rows["seq"][0]["before"] == rows["seq"][0]["after"]
-    summary = json.loads((tmp_path / "seq" / "untrained" / "seed0" / "summary.json").read_text())
+    assert rows[0]["before"] == rows[0]["after"]
+    summary = json.loads((tmp_path / "vm" / "untrained" / "seed0" / "summary.json").read_text())
     assert summary["iterations"] == 0
     # (Reusing a finished run: test_interrupted_or_rerun_conditions_resume_or_set_runs_aside.)
     # --report_only runs nothing: seed 1 is reported missing, seed 0's rows stay.
-    report = _study("--only=untrained,marft_a", "--seeds=0,1", "--set=train.iterations=2",
-                    f"--out={tmp_path / 'seq'}", "--novmap", "--report_only")
+    report = _study(*common, "--seeds=0,1", f"--out={tmp_path / 'vm'}", "--report_only")
     assert report.returncode == 0, report.stderr[-2000:]
     assert "marft_a seed 1: not run" in report.stderr
-    assert not (tmp_path / "seq" / "marft_a" / "seed1").exists()
-    assert len(list(csv.DictReader(open(tmp_path / "seq" / "results.csv")))) == 2
+    assert not (tmp_path / "vm" / "marft_a" / "seed1").exists()
+    assert len(list(csv.DictReader(open(tmp_path / "vm" / "results.csv")))) == 2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -31,8 +31,8 @@ OUT=${OUT:-runs/gpu_figures}
 mkdir -p "$OUT"
 if [ -d .whl ] && [ -z "${DRY_RUN:-}" ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
+        --target .whl/site .whl/*.whl || exit 1
+    export PYTHONPATH=$PWD/.whl/site:$PWD
 fi
 export PYTHONUNBUFFERED=1
 $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \

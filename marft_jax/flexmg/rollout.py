@@ -186,12 +186,11 @@ def _wave_columns(config: RolloutConfig, wave: tuple[int, ...],
     prefix. Leading columns that only pad change no generation (RoPE positions count real
     tokens), so a wave of short observations prefills and attends over fewer columns.
     """
-    caps = (config.agent_obs_tokens if config.agent_obs_tokens is not None
-            else (config.obs_tokens,) * (max(wave) + 1))
+    caps = config.agent_obs_tokens
+    cap = lambda i: config.obs_tokens if caps is None else caps[i]
     if prefix_lengths is None:
-        return max(caps[i] for i in wave)
-    lengths = np.asarray(prefix_lengths)
-    return max(1, max(caps[i] - int(lengths[i]) for i in wave))
+        return max(cap(i) for i in wave)
+    return max(1, max(cap(i) - int(prefix_lengths[i]) for i in wave))
 
 
 def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,

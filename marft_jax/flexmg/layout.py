@@ -153,9 +153,14 @@ def state_capacity(layout: ObservationLayout, problem_tokens: int, action_tokens
 def observation_capacity(layout: ObservationLayout, state_tokens: int, action_tokens: int,
                          max_predecessors: int) -> int:
     """Longest observation: prefix + state + predecessors' outputs + suffix."""
-    pred = int(np.max(layout.pred_open.lengths)) + action_tokens + layout.pred_close.max_length
-    return (layout.prefix.max_length + state_tokens + max_predecessors * pred
+    return (layout.prefix.max_length + state_tokens
+            + max_predecessors * _prediction_tokens(layout, action_tokens)
             + layout.suffix.max_length)
+
+
+def _prediction_tokens(layout: ObservationLayout, action_tokens: int) -> int:
+    """The most tokens one predecessor's output takes in an observation."""
+    return int(np.max(layout.pred_open.lengths)) + action_tokens + layout.pred_close.max_length
 
 
 def agent_observation_capacities(layout: ObservationLayout, state_tokens: int,
@@ -166,6 +171,6 @@ def agent_observation_capacities(layout: ObservationLayout, state_tokens: int,
 
     A dynamic topology only switches dependencies off, so the static counts bound it too.
     """
-    pred = int(np.max(layout.pred_open.lengths)) + action_tokens + layout.pred_close.max_length
+    pred = _prediction_tokens(layout, action_tokens)
     return tuple(int(layout.prefix.lengths[i]) + state_tokens + n * pred
                  + int(layout.suffix.lengths[i]) for i, n in enumerate(predecessors))

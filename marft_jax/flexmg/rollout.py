@@ -63,8 +63,9 @@ class RolloutConfig:
             whole observations.
         agent_obs_tokens: each agent's longest observation (`[A]`, each ≤ `obs_tokens`;
             `flexmg.layout.agent_observation_capacities`), or None (`obs_tokens` for all):
-            where an agent's observations end within fewer columns, the update scores its
-            rows at that width (`algorithms.scoring.score_actions(obs_capacity=...)`).
+            each wave prefills only the columns its agents' observations can fill, and the
+            update scores each agent's rows at that width
+            (`algorithms.scoring.score_actions(obs_capacity=...)`).
     """
 
     num_rounds: int = 1

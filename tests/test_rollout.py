@@ -30,7 +30,8 @@ def scripted_policy(script):
             lens[row] = len(ids)
         return out, lens
 
-    def generate(params, tokens, mask, adapter_ids, temperatures, max_new, key):
+    def generate(params, tokens, mask, adapter_ids, temperatures, max_new, key,
+                 one_adapter=None):
         shapes = (jax.ShapeDtypeStruct((tokens.shape[0], K), jnp.int32),
                   jax.ShapeDtypeStruct((tokens.shape[0],), jnp.int32))
         out, lens = jax.pure_callback(host, shapes, tokens, mask, adapter_ids,
@@ -260,9 +261,10 @@ def test_shared_prefix_rollout_samples_the_same_trajectory():
     lora = jax.tree.map(lambda x: x + 0.05, lora)
     config = SamplerConfig(max_new_tokens=K, pad_token_id=0, top_k=0)
 
-    def policy(params, tokens, mask, ids, temps, max_new, key, prefix=None):
+    def policy(params, tokens, mask, ids, temps, max_new, key, prefix=None,
+               one_adapter=None):
         return generate(graphdef, *params, tokens, mask, ids, key, temps, max_new,
-                        config=config, prefix=prefix)
+                        config=config, prefix=prefix, one_adapter=one_adapter)
 
     team = team_from_dicts(PREFIX_TEAM)
     problems = [("3+4?", "7"), ("1+1?", "2")]

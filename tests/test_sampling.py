@@ -180,6 +180,61 @@ def test_mixed_adapter_batch_equals_per_adapter_calls(model):
     assert (np.asarray(other.tokens) != np.asarray(mixed.tokens)[rows]).any()
 
 
+def test_merged_adapter_forward_equals_the_per_row_lora(model):
+    graphdef, base, lora = model
+    tokens, mask = _prompts(batch=3, length=6, seed=11)
+    before = [np.asarray(x) for x in jax.tree.leaves(base)]
+    positions = F.positions_from_mask(jnp.asarray(mask))
+    run = lambda b, ids: F.forward(graphdef, b, lora, jnp.asarray(tokens), positions, ids,
+                                   jnp.asarray(mask))[0]
+    for adapter in (0, 2):
+        merged = run(F.merge_adapter(graphdef, base, lora, adapter), None)
+        per_row = run(base, jnp.full((3,), adapter, jnp.int32))
+        np.testing.assert_allclose(np.asarray(merged), np.asarray(per_row), atol=2e-5)
+        assert np.abs(np.asarray(merged) - np.asarray(run(base, None))).max() > 1e-2
+    assert F.merge_adapter(graphdef, base, lora, BASE_ADAPTER) is base
+    for x, y in zip(jax.tree.leaves(base), before):  # the caller's state is left alone
+        np.testing.assert_array_equal(np.asarray(x), y)
+    # An adapter whose B is zero (a fresh one) merges to the base weights exactly.
+    fresh = jax.tree.map(jnp.zeros_like, lora)
+    merged = F.merge_adapter(graphdef, base, fresh, 1)
+    for x, y in zip(jax.tree.leaves(merged), jax.tree.leaves(base)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("config", "one_adapter"))
+def _gen_one(graphdef, base, lora, tokens, mask, ids, key, *, config, one_adapter):
+    return generate(graphdef, base, lora, tokens, mask, ids, key, 0.8, N, config=config,
+                    one_adapter=one_adapter)
+
+
+def test_one_adapter_batch_decodes_on_merged_weights_like_per_row_lora(model):
+    graphdef, base, lora = model
+    tokens, mask = _prompts(batch=4, length=7, seed=12)
+    key = jax.random.key(13)
+    config = SamplerConfig(max_new_tokens=N, top_k=30, pad_token_id=0)
+    for adapter in (2, 0, BASE_ADAPTER):
+        ids = jnp.full((4,), adapter, jnp.int32)
+        per_row = _gen_one(graphdef, base, lora, tokens, mask, ids, key, config=config,
+                           one_adapter=None)
+        merged = _gen_one(graphdef, base, lora, tokens, mask, ids, key, config=config,
+                          one_adapter=adapter)
+        _assert_generation_equal(merged, per_row)
+        # Switched off, the hint changes nothing at all.
+        off = _gen_one(graphdef, base, lora, tokens, mask, ids, key,
+                       config=config.replace(merge_adapter=False), one_adapter=adapter)
+        _assert_generation_equal(off, per_row, atol=0)
+    # The decode steps really run on the merged weights: naming another adapter than the
+    # rows' changes every token after the first (which the prefill samples per row).
+    ids = jnp.full((4,), 2, jnp.int32)
+    right = _gen_one(graphdef, base, lora, tokens, mask, ids, key, config=config,
+                     one_adapter=2)
+    wrong = _gen_one(graphdef, base, lora, tokens, mask, ids, key, config=config,
+                     one_adapter=0)
+    np.testing.assert_array_equal(np.asarray(wrong.tokens)[:, 0], np.asarray(right.tokens)[:, 0])
+    assert (np.asarray(wrong.tokens)[:, 1:] != np.asarray(right.tokens)[:, 1:]).any()
+
+
 def test_same_key_same_output_different_key_different(model):
     tokens, mask = _prompts(batch=3, length=6, seed=6)
     a = _gen(model, tokens, mask, 0, jax.random.key(7), 1.0, N, DEFAULT)

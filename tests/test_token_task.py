@@ -24,13 +24,15 @@ def _generation(tokens, mask):
     return Generation(tokens, mask, zeros, zeros, mask.sum(-1).astype(jnp.int32))
 
 
-def random_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key):
+def random_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key,
+                  one_adapter=None):
     out = jax.random.randint(key, (tokens.shape[0], K), 1, CFG.vocab_needed)
     valid = jnp.ones(out.shape, bool)
     return _generation(out.astype(jnp.int32), valid)
 
 
-def solving_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key):
+def solving_policy(params, tokens, mask, adapter_ids, temperatures, max_new, key,
+                   one_adapter=None):
     """Agent 0 plays symbol 0; agent 1 reads the target (4th token from the end) and plays it."""
     target = tokens[:, -4] - CFG.first_symbol
     first = jnp.where(adapter_ids == 0, 0, target) + CFG.first_symbol

@@ -26,7 +26,7 @@ from absl import logging
 from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
 from marft_jax.flexmg.layout import ObservationLayout
 from marft_jax.flexmg.profiles import Team
-from marft_jax.flexmg.rollout import RolloutConfig, place_rewards
+from marft_jax.flexmg.rollout import RolloutConfig, place_rewards, wave_adapter
 from marft_jax.flexmg.trajectory import Trajectory
 
 Array = jax.Array
@@ -137,7 +137,8 @@ def make_hetero_rollout(team: Team, groups: Any, layouts: Sequence[ObservationLa
                 gen = generate_fns[b]((bases[b], loras[b]), wave_obs.reshape(rows, -1),
                                       wave_mask.reshape(rows, -1), per_row(adapter_of),
                                       per_row(temps), per_row(budgets),
-                                      jax.random.fold_in(key, w * nb + b))
+                                      jax.random.fold_in(key, w * nb + b),
+                                      one_adapter=wave_adapter(adapter_of, members))
                 idx = jnp.asarray(members)
                 shape = (len(members), e, k)
                 gen_mask = gen.mask.reshape(shape)

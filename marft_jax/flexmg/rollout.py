@@ -7,9 +7,10 @@ placed, and the pure transition advances (and resets) the environments.
 
 The policy and the reward are functions passed in:
 - `generate_fn(params, tokens [B, O], mask [B, O], adapter_ids [B], temperatures [B],
-  max_new [B], key, prefix=None) -> Generation` (tokens / mask / logprobs /
-  policy_logprobs `[B, K]`); with `RolloutConfig.shared_prefix` it gets each wave's
-  agent prefixes as a `sampling.SharedPrefix` and the rows without them;
+  max_new [B], key, prefix=None, one_adapter=None) -> Generation` (tokens / mask /
+  logprobs / policy_logprobs `[B, K]`); with `RolloutConfig.shared_prefix` it gets each
+  wave's agent prefixes as a `sampling.SharedPrefix` and the rows without them; a wave
+  whose rows all run one adapter says which (`wave_adapter`; `sampling.generate`);
 - `reward_fn(problem_ids [E], actions [A, E, K], lengths [A, E]) -> correct [A, E]` float32,
   either a JAX function (token tasks: the whole rollout is one jit) or a host function
   wrapped by `host_reward` (`jax.pure_callback`: detokenise, extract, grade).
@@ -178,6 +179,12 @@ def split_prefix(prefixes: Segments, wave: tuple[int, ...], obs: Array, mask: Ar
             rest_mask.reshape(w * e, o - l_min))
 
 
+def wave_adapter(adapter_of: np.ndarray, wave: tuple[int, ...]) -> int | None:
+    """The adapter every row of a wave runs (its agents share one), else None (static)."""
+    ids = {int(i) for i in np.asarray(adapter_of)[list(wave)]}
+    return ids.pop() if len(ids) == 1 else None
+
+
 def _wave_columns(config: RolloutConfig, wave: tuple[int, ...],
                   prefix_lengths: np.ndarray | None = None) -> int:
     """The last prompt columns a wave's rows need (their real tokens end every row).
@@ -263,12 +270,14 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                 keep = _wave_columns(config, wave, layout.prefix.lengths)
                 gen = generate_fn(params, rest[:, -keep:], rest_mask[:, -keep:],
                                   per_row(adapter_of), per_row(temps), per_row(budgets),
-                                  jax.random.fold_in(key, w), prefix=prefix)
+                                  jax.random.fold_in(key, w), prefix=prefix,
+                                  one_adapter=wave_adapter(adapter_of, wave))
             else:
                 keep = _wave_columns(config, wave)
                 gen = generate_fn(params, wave_obs.reshape(rows, -1)[:, -keep:],
                                   wave_mask.reshape(rows, -1)[:, -keep:], per_row(adapter_of),
-                                  per_row(temps), per_row(budgets), jax.random.fold_in(key, w))
+                                  per_row(temps), per_row(budgets), jax.random.fold_in(key, w),
+                                  one_adapter=wave_adapter(adapter_of, wave))
             idx = jnp.asarray(wave)
             shape = (len(wave), e, k)
             gen_tokens, gen_mask = gen.tokens.reshape(shape), gen.mask.reshape(shape)

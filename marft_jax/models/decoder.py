@@ -266,6 +266,8 @@ class Decoder(nnx.Module):
             tokens: `[batch, tokens]` int32 ids.
             positions: `[batch, tokens]` int32 RoPE positions.
             adapter_ids: `[batch]` int32 adapter per row, or a scalar for all rows; < 0 = none.
+                None: no LoRA computation (the base weights, or weights with an adapter
+                merged in: `functional.merge_adapter`).
             kv_valid: `[batch, slots]` bool, key slots holding real tokens after this call.
             cache: optional KVCache with `slots` entries per row.
             write_index: slot of `tokens[:, 0]` in the cache (0 without a cache).
@@ -279,7 +281,8 @@ class Decoder(nnx.Module):
             `(hidden [batch, tokens, hidden] post-norm, new cache or None)`.
         """
         b = tokens.shape[0]
-        adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
+        if adapter_ids is not None:
+            adapter_ids = jnp.broadcast_to(jnp.asarray(adapter_ids, jnp.int32), (b,))
         write_index = jnp.asarray(write_index, jnp.int32)
         x = self.embed_tokens[...][tokens]  # [batch, tokens, hidden]
         new_keys, new_values = [], []

@@ -16,6 +16,7 @@ from flax import nnx
 
 from marft_jax.models.config import LoraConfig, ModelConfig
 from marft_jax.models.decoder import Decoder, KVCache
+from marft_jax.models.layers import LoRALinear
 
 Array = jax.Array
 BASE_FILTER = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
@@ -122,6 +123,25 @@ def prefix_forward(graphdef, base: nnx.State, lora: nnx.State, prefix, tokens: A
     hidden, row_cache = forward(graphdef, base, lora, tokens.astype(jnp.int32), positions,
                                 adapter_ids, mask, row_cache, l, remat)
     return group_hidden, hidden, row_cache
+
+
+def merge_adapter(graphdef, base: nnx.State, lora: nnx.State, adapter: int) -> nnx.State:
+    """`base` with adapter `adapter` folded into every kernel it targets (pure, jittable).
+
+    Each LoRA kernel becomes `W + scale · A[adapter] B[adapter]` (`LoRALinear.
+    merged_kernel`). A forward over these weights with `adapter_ids=None` (no per-row LoRA)
+    computes what rows of that adapter compute with the adapter applied per row, up to
+    float rounding (exactly while its B is zero). `adapter < 0` (`BASE_ADAPTER`): `base`.
+    """
+    if adapter < 0:
+        return base
+    # New containers over the same arrays: the model's variables are the state's own, so
+    # assigning to `base`'s would change the caller's state.
+    model = merge_model(graphdef, jax.tree.map(lambda x: x, base), lora)
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, LoRALinear) and module.lora_a is not None:
+            module.kernel[...] = module.merged_kernel(adapter)
+    return split_model(model)[1]
 
 
 def lm_logits(graphdef, base: nnx.State, lora: nnx.State, hidden: Array) -> Array:

@@ -70,7 +70,9 @@ class LoRALinear(nnx.Module):
     The base kernel is `[in, out]`. When LoRA is enabled, `lora_a` is
     `[num_adapters, in, rank]` and `lora_b` is `[num_adapters, rank, out]` (zero-initialised,
     so a fresh adapter equals the base exactly). Each batch row selects its adapter with an
-    index; a negative index switches LoRA off for that row (the base policy).
+    index; a negative index switches LoRA off for that row (the base policy). Without
+    indices (`adapter_ids=None`) no adapter runs: the kernel alone, e.g. one that already
+    holds an adapter (`merged_kernel`).
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, use_bias: bool, dtype,
@@ -91,12 +93,22 @@ class LoRALinear(nnx.Module):
             self.lora_a = None
             self.lora_b = None
 
-    def __call__(self, x: Array, adapter_ids: Array) -> Array:
+    def merged_kernel(self, adapter: int) -> Array:
+        """The kernel with adapter `adapter` folded in: `W + scale · A[adapter] B[adapter]`,
+        summed in float32 and stored in the kernel's dtype (`W` itself without LoRA)."""
+        w = self.kernel[...]
+        if self.lora_a is None:
+            return w
+        delta = self.lora_a[...][adapter] @ self.lora_b[...][adapter]  # [in, out]
+        return (w.astype(jnp.float32) + self.lora_scale * delta).astype(w.dtype)
+
+    def __call__(self, x: Array, adapter_ids: Array | None) -> Array:
         """Applies the layer.
 
         Args:
             x: `[batch, tokens, in]`.
-            adapter_ids: `[batch]` int32 adapter index per row; < 0 means no adapter.
+            adapter_ids: `[batch]` int32 adapter index per row; < 0 means no adapter; None:
+                no adapter in any row (no LoRA computation at all).
 
         Returns:
             `[batch, tokens, out]` in x's dtype.
@@ -108,7 +120,7 @@ class LoRALinear(nnx.Module):
                        preferred_element_type=jnp.float32)  # [batch, tokens, out]
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
-        if self.lora_a is not None:
+        if self.lora_a is not None and adapter_ids is not None:
             # A for all adapters in one dense matmul, then each row keeps its own adapter's
             # columns (`where`, not a multiply, so a non-finite adapter cannot leak into other
             # rows through 0 * NaN); B is gathered per row ([batch, rank, out], small).

@@ -51,6 +51,10 @@ class SamplerConfig:
             over the prompt and segments 0..j only (the filled ones), so early steps read
             less of the cache. Exact up to float summation order; compiles one loop body
             per phase (`ceil((N - 1) / c)` of them).
+        merge_adapter: when a call says that every row runs one adapter (`generate(...,
+            one_adapter=i)`, as the rollout does for a wave of one agent), decode on the
+            weights with that adapter merged in instead of applying LoRA per row (one
+            merge per call; the same tokens up to float rounding). False: always per row.
     """
 
     max_new_tokens: int = 256
@@ -66,6 +70,7 @@ class SamplerConfig:
     decode_dtype: str | None = None
     cache_dtype: str | None = None
     decode_chunk: int = 0
+    merge_adapter: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:

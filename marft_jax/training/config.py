@@ -49,7 +49,7 @@ FIELD_RULES: dict[str, Rule] = {
     "rollout.obs_tokens": NON_NEGATIVE_INT, "rollout.cross_tokens": NON_NEGATIVE_INT,
     "rollout.shared_prefix": FLAG,
     "sampling.max_new_tokens": POSITIVE_INT, "sampling.top_k": NON_NEGATIVE_INT,
-    "sampling.decode_chunk": NON_NEGATIVE_INT,
+    "sampling.decode_chunk": NON_NEGATIVE_INT, "sampling.merge_adapter": FLAG,
     "sampling.temperature": NON_NEGATIVE, "sampling.top_p": Rule(low=0.0, high=1.0,
                                                                  low_open=True),
     **{f"ppo.{n}": rule for n, rule in PPO_RULES.items()},

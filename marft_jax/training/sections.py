@@ -90,6 +90,9 @@ class SamplingConfig:
         decode_chunk: the sampler's decode phases (`sampling.SamplerConfig.decode_chunk`):
             0 = every step attends over the whole KV cache; c > 0 = phases of c tokens
             that attend over the filled cache chunks only.
+        merge_adapter: decode a wave whose rows all run one adapter (a wave of one agent)
+            on the weights with that adapter merged in (`sampling.SamplerConfig.
+            merge_adapter`); the same tokens up to float rounding.
     """
 
     max_new_tokens: int = 256
@@ -97,6 +100,7 @@ class SamplingConfig:
     top_k: int = 50
     top_p: float = 1.0
     decode_chunk: int = 0
+    merge_adapter: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,7 +156,8 @@ def build_setup(exp: Experiment) -> RunSetup:
     exp = with_micro_batches(exp, cfg, rollout_config)
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,
-                            pad_token_id=pad, decode_chunk=exp.sampling.decode_chunk)
+                            pad_token_id=pad, decode_chunk=exp.sampling.decode_chunk,
+                            merge_adapter=exp.sampling.merge_adapter)
     router = None
     if team.orchestrator is not None:  # the task's own router, else the host-parsed text
         router = task.router or host_router(team, tokenizer)
@@ -274,7 +275,7 @@ def with_micro_batches(exp: Experiment, model_config: ModelConfig,
 def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
                      plan: Plan | None = None, base_index: int | None = None):
     """`generate_fn(params=(base, lora), tokens, mask, adapter_ids, temps, max_new, key,
-    prefix=None)` (of base `base_index` of a heterogeneous team).
+    prefix=None, one_adapter=None)` (of base `base_index` of a heterogeneous team).
 
     With a `plan`, prompt rows are split over the env shards and the KV cache is laid out
     by `parallel.KV_CACHE_SPEC` (rows on data × fsdp, KV heads on tp).
@@ -283,18 +284,18 @@ def make_generate_fn(setup: RunSetup, sampler: SamplerConfig | None = None,
     graphdef = setup.graphdef if base_index is None else setup.graphdef[base_index]
 
     def generate_fn(params, tokens, mask, adapter_ids, temperatures, max_new, key,
-                    prefix=None):
+                    prefix=None, one_adapter=None):
         base, lora = params
         if plan is None:
             return generate(graphdef, base, lora, tokens, mask, adapter_ids, key, temperatures,
-                            max_new, config=config, prefix=prefix)
+                            max_new, config=config, prefix=prefix, one_adapter=one_adapter)
         tokens, mask = plan.constrain_envs((tokens, mask), axis=0)
         width = tokens.shape[1] + (0 if prefix is None else prefix.length)
         cache = plan.constrain_kv_cache(init_cache(model_config(graphdef, base, lora),
                                                    tokens.shape[0], width, config))
         out, _ = generate_with_cache(graphdef, base, lora, tokens, mask, adapter_ids, key,
                                      temperatures, max_new, cache, config=config,
-                                     prefix=prefix)
+                                     prefix=prefix, one_adapter=one_adapter)
         return out
 
     return generate_fn

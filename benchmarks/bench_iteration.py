@@ -174,6 +174,7 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
     end)."""
     import numpy as np
 
+    from marft_jax.flexmg.layout import remainder_columns
     from marft_jax.models import flops
 
     model, lora = setup.model_config, setup.exp.lora
@@ -188,8 +189,9 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
         count = lambda n, t, context=0: flops.layers_forward_flops(
             model, lora, n, t, context=context, backward=backward)
         if ppo.shared_prefix and ppo.agent_widths and caps is not None:
-            return sum(count(1, int(n)) + count(r * e, max(1, min(o, c) - int(n)) + columns,
-                                                int(n)) for n, c in zip(lengths, caps))
+            return sum(count(1, int(n))
+                       + count(r * e, remainder_columns(min(o, c), n) + columns, int(n))
+                       for n, c in zip(lengths, caps))
         if ppo.shared_prefix:
             return count(a, int(lengths.max())) + count(
                 rows, max(o - int(lengths.min()), 1) + columns, int(lengths.max()))
@@ -275,6 +277,7 @@ def main(argv):
     k = traj.action_tokens.shape[-1]
     update_tokens = r * a * e * (o + k)
     from marft_jax.algorithms import scoring
+    from marft_jax.flexmg.layout import remainder_columns
 
     compact = scoring.row_width(traj.obs_mask, traj.action_mask) or o + k
     print(f"preset {_PRESET.value or '-'}; obs width {setup.rollout_config.obs_tokens} "
@@ -286,7 +289,7 @@ def main(argv):
     print(f"ppo.shared_prefix: prefixes {lengths.tolist()} tokens, row remainder width "
           f"{o - int(lengths.min())} (+ {k})" + ("" if caps is None else (
               f"; each agent's own (ppo.agent_widths, the rollout's waves): "
-              f"{[max(1, min(o, c) - int(n)) for n, c in zip(lengths, caps)]}")))
+              f"{[remainder_columns(min(o, c), n) for n, c in zip(lengths, caps)]}")))
     medians = {name: float(np.median(values)) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name}: median {medians[name]:.2f}s over {len(values)} "

@@ -19,8 +19,9 @@ Each agent's system prompt is computed once per wave in the sampler and once per
 call in the update (`rollout.shared_prefix`, `ppo.shared_prefix`), and each agent's rows
 are scored only as wide as its observations can be (`ppo.agent_widths`: the reasoner's
 are 41 + 48 columns, the actor's 93 + 48): the same results up to float rounding, 1.7-1.8x
-the whole rows' episodes per CPU-minute (BUILD_NOTES.md, "Throughput"; the seeds above ran
-with whole rows, `configs/studies/throughput.py` reran them with these).
+the whole rows' episodes per CPU-minute and 2.8-2.9x those of the code the throughput
+issue was filed on (BUILD_NOTES.md, "Throughput"; the seeds above ran with whole rows,
+`configs/studies/throughput.py` reran them with these).
 
 LoRA learning rates far above the reference's 1e-6 are normal for LoRA; at 2e-4 the policy
 barely moved (approx-KL ~1e-6 per update). With the per-token-mean sequence log-prob

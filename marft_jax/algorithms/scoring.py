@@ -22,7 +22,7 @@ import numpy as np
 from flax import struct
 
 from marft_jax.algorithms import critic as critic_lib
-from marft_jax.flexmg.layout import Segments
+from marft_jax.flexmg.layout import Segments, remainder_columns
 from marft_jax.flexmg.rollout import split_prefix
 from marft_jax.models import functional as F
 
@@ -194,7 +194,7 @@ def _prefix_window(graphdef, base, lora, prefix: Segments, obs_tokens: Array,
         windows = jnp.concatenate([_group_window(
             graphdef, base, lora, prefix, (i,), obs_tokens[i:i + 1], obs_mask[i:i + 1],
             action_tokens[i:i + 1], action_mask[i:i + 1], ids, remat,
-            keep=max(1, min(o, obs_capacity[i]) - int(lengths[i]))) for i in range(a)])
+            keep=remainder_columns(min(o, obs_capacity[i]), lengths[i])) for i in range(a)])
     # [A, E * R, K, H] agent-major -> [rows, K, H] in `to_rows` order (row n * A + a).
     return jnp.swapaxes(windows, 0, 1).reshape((-1,) + windows.shape[2:])
 

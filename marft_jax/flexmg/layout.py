@@ -174,3 +174,10 @@ def agent_observation_capacities(layout: ObservationLayout, state_tokens: int,
     pred = _prediction_tokens(layout, action_tokens)
     return tuple(int(layout.prefix.lengths[i]) + state_tokens + n * pred
                  + int(layout.suffix.lengths[i]) for i, n in enumerate(predecessors))
+
+
+def remainder_columns(capacity: int, prefix_length: int) -> int:
+    """Columns an observation of at most `capacity` tokens needs after its agent's shared
+    prefix of `prefix_length` tokens (at least one: a row always has a last observation
+    column). The rollout's waves and the update's per-agent passes both cut to it."""
+    return max(1, int(capacity) - int(prefix_length))

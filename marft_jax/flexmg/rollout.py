@@ -27,7 +27,7 @@ import numpy as np
 
 from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
-from marft_jax.flexmg.layout import ObservationLayout, Segments
+from marft_jax.flexmg.layout import ObservationLayout, Segments, remainder_columns
 from marft_jax.flexmg.orchestration import Router, active_agents
 from marft_jax.flexmg.profiles import Team
 from marft_jax.flexmg.trajectory import Trajectory
@@ -198,7 +198,7 @@ def _wave_columns(config: RolloutConfig, wave: tuple[int, ...],
     cap = lambda i: config.obs_tokens if caps is None else caps[i]
     if prefix_lengths is None:
         return max(cap(i) for i in wave)
-    return max(1, max(cap(i) - int(prefix_lengths[i]) for i in wave))
+    return max(remainder_columns(cap(i), prefix_lengths[i]) for i in wave)
 
 
 def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,

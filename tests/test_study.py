@@ -23,7 +23,7 @@ from marft_jax.training.study import (Condition, RunResult, load_study, markdown
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _exp(seed, iterations=3):
+def _exp(seed, iterations=2):
     config = importlib.import_module("configs.tiny_cpu").get_config()
     config.seed = seed
     config.train.iterations = iterations
@@ -62,7 +62,7 @@ def test_vmapped_seeds_reproduce_sequential_runs(vmapped, tmp_path):
         train(exp, run_dir)
         _assert_records_close(read_metrics(d), read_metrics(run_dir))
     assert read_metrics(dirs[0]) != read_metrics(dirs[1])  # seeds differ
-    assert all(s["iterations"] == 3 and s["eval_after"] is not None for s in summaries)
+    assert all(s["iterations"] == 2 and s["eval_after"] is not None for s in summaries)
 
 
 @pytest.mark.slow

@@ -481,9 +481,10 @@ def test_compacted_rows_score_and_differentiate_like_full_rows(model):
         np.testing.assert_allclose(one(w), full.features[..., :1, :], atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [MARFT_A.replace(kl_coef=0.1), ROTATION],
-                         ids=["marft_a_base_trunk", "marft_t_shared_trunk"])
-def test_update_on_compacted_rows_equals_the_full_width_update(model, config):
+def test_update_on_compacted_rows_equals_the_full_width_update(model):
+    # Token level (every column's value on the compacted rows) with the KL reference pass;
+    # the base trunk's features on compacted rows are compared in the test above.
+    config = ROTATION
     graphdef, base, lora = model
     traj = _wide_trajectory(12, rounds=2, agents=2, envs=4, obs_len=8, act_len=4,
                             target_share=0.5)

@@ -194,7 +194,7 @@ def _update_flops(setup, ppo, traj, row_width) -> int:
                        for n, c in zip(lengths, caps))
         if ppo.shared_prefix:
             return count(a, int(lengths.max())) + count(
-                rows, max(o - int(lengths.min()), 1) + columns, int(lengths.max()))
+                rows, remainder_columns(o, lengths.min()) + columns, int(lengths.max()))
         return count(rows, min(row_width or o + columns, o + columns))
 
     head = flops.head_flops(model, rows * k)

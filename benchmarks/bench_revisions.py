@@ -19,6 +19,7 @@ worktree is removed afterwards; both read this checkout's data root (`marft_jax.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,8 +77,6 @@ def _child(root: str, args) -> dict:
 
 
 def _summary(run: dict) -> tuple[float, str]:
-    import statistics
-
     rows = run["rows"]
     rate = sum(r["episodes"] for r in rows) / (sum(r["cpu"] for r in rows) / 60)
     phases = [p for p in rows[0] if p not in ("cpu", "episodes")]
@@ -115,8 +114,6 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", old],
                            check=False)
-    import statistics
-
     base, new = (statistics.median(v) for v in rates.values())
     print(f"median over {args.rounds} rounds: {args.against} {base:.2f}, this checkout "
           f"{new:.2f} episodes per CPU-minute: {new / base:.2f}x")

@@ -264,6 +264,7 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                 overflow = overflow | p[2]
             rows = len(wave) * e
             per_row = lambda values: jnp.repeat(jnp.asarray(np.asarray(values)[list(wave)]), e)  # [W*E]
+            adapter = wave_adapter(adapter_of, wave)
             if config.shared_prefix:
                 prefix, rest, rest_mask = split_prefix(layout.prefix, wave, wave_obs, wave_mask,
                                                        adapter_of)
@@ -271,13 +272,13 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                 gen = generate_fn(params, rest[:, -keep:], rest_mask[:, -keep:],
                                   per_row(adapter_of), per_row(temps), per_row(budgets),
                                   jax.random.fold_in(key, w), prefix=prefix,
-                                  one_adapter=wave_adapter(adapter_of, wave))
+                                  one_adapter=adapter)
             else:
                 keep = _wave_columns(config, wave)
                 gen = generate_fn(params, wave_obs.reshape(rows, -1)[:, -keep:],
                                   wave_mask.reshape(rows, -1)[:, -keep:], per_row(adapter_of),
                                   per_row(temps), per_row(budgets), jax.random.fold_in(key, w),
-                                  one_adapter=wave_adapter(adapter_of, wave))
+                                  one_adapter=adapter)
             idx = jnp.asarray(wave)
             shape = (len(wave), e, k)
             gen_tokens, gen_mask = gen.tokens.reshape(shape), gen.mask.reshape(shape)

@@ -302,7 +302,8 @@ def main(argv):
         flops = _update_flops(setup, ppo, traj, compact if ppo.row_trim else None)
         estimate = memory.peak_bytes(setup.model_config, r * a * (e // ppo.num_minibatches
                                                                   // ppo.grad_accum_steps),
-                                     setup.rollout_config.obs_tokens + k, k, ppo.remat)
+                                     setup.rollout_config.obs_tokens + k, k, ppo.remat,
+                                     ppo.head_chunk)
         print(f"update[{name}]: remat={ppo.remat} grad_accum_steps={ppo.grad_accum_steps}: "
               f"{ppo.epochs * update_tokens / seconds:.1f} tokens/s, "
               f"{flops / 1e9:.1f} GFLOP counted, MFU {flops / seconds / peak_flops:.1%}, "

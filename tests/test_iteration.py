@@ -2,9 +2,12 @@
 benchmarks. Its results are tested through them (test_train_entry, test_reliability,
 test_study); here, what it refuses and what it times."""
 
+import dataclasses
 import importlib
+import sys
 
 import jax
+import numpy as np
 import pytest
 
 from marft_jax.errors import ConfigError
@@ -31,7 +34,11 @@ def test_a_traced_iteration_refuses_word_counts_and_timings(setup):
         make_iteration(setup, plan=object())
 
 
-def test_a_timed_iteration_reports_every_phase_and_trims(setup):
+def test_a_timed_iteration_reports_every_phase_and_trims(setup, monkeypatch):
+    from marft_jax import hostmem
+
+    releases = []
+    monkeypatch.setattr(hostmem, "release_free_memory", lambda: releases.append(1))
     iteration = make_iteration(setup)
     state, game = initial_state(setup)
     out = iteration(setup.base, state, game, jax.random.key(0), 0, timed=True)
@@ -39,8 +46,43 @@ def test_a_timed_iteration_reports_every_phase_and_trims(setup):
     assert set(out.record) == {"rollout", "update"}
     assert int(out.state.step) == 1
     assert out.traj.action_tokens.shape[-1] == 2  # the token budget, under 32
+    # train.release_host_memory: before the rollout, before the update, after compiling it
+    assert len(releases) == 3 and len(iteration.compiled) == 1
     quiet = iteration(setup.base, out.state, out.game, jax.random.key(0), 1)
     assert quiet.seconds == {}
+    assert len(releases) == 5 and len(iteration.compiled) == 1  # the executable reused
+    exp = setup.exp
+    off = dataclasses.replace(exp, train=dataclasses.replace(exp.train,
+                                                             release_host_memory=False))
+    plain = dataclasses.replace(iteration, setup=dataclasses.replace(setup, exp=off))
+    plain.rollout_phase(setup.base, quiet.state, quiet.game, jax.random.key(0), 2)
+    assert len(releases) == 5
+    # The ahead-of-time executable is the jitted update's: the same new state.
+    traj, words = iteration.prepare(out.traj)
+    want, _ = plain.update_phase(setup.base, state, traj, words, jax.random.key(0), 0)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 jax.tree.leaves(want), jax.tree.leaves(out.state))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc: Linux")
+def test_free_host_memory_goes_back_to_the_os():
+    """What `train.release_host_memory` relies on: freed heap blocks under malloc's mmap
+    threshold stay in the process until `malloc_trim` (glibc, Linux)."""
+
+    from marft_jax import hostmem
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith("VmRSS"))
+
+    blocks = [np.ones(8192) for _ in range(4000)]  # 64 KiB each: ~260 MB of heap
+    keep = blocks[::50]  # pins scattered blocks, as live arrays do
+    del blocks
+    held = rss()
+    assert hostmem.release_free_memory()
+    assert held - rss() > 150e6
+    del keep
 
 
 def test_shared_prefix_update_equals_the_whole_row_update(setup):
@@ -48,7 +90,6 @@ def test_shared_prefix_update_equals_the_whole_row_update(setup):
     put them, and each agent's observations fit its capacity (the update scores each
     agent's rows at that width), so the update on the same trajectory gives the same
     adapters and critic."""
-    import numpy as np
 
     assert int(np.min(setup.layout.prefix.lengths)) > 0
     capacity = np.asarray(setup.rollout_config.agent_obs_tokens)  # [A]
@@ -77,7 +118,6 @@ def test_the_rollout_leaves_the_action_level_critic_features(setup, shared_prefi
     trunk's feature, so the old values need no pass of their own."""
     import dataclasses
 
-    import numpy as np
 
     from marft_jax.algorithms import batch as batch_lib
     from marft_jax.algorithms import scoring

@@ -64,7 +64,7 @@ PPO_RULES: dict[str, Rule] = {
     "target_kl": Rule(low=0.0, low_open=True, optional=True), "kl_coef": NON_NEGATIVE,
     "advantage_norm_eps": NON_NEGATIVE, "group_size": POSITIVE_INT, "grpo_eps": NON_NEGATIVE,
     "ippo_own_weight": UNIT, "recompute_old_logprobs": FLAG, "skip_no_signal": FLAG,
-    "row_trim": FLAG, "shared_prefix": FLAG, "agent_widths": FLAG,
+    "head_chunk": NON_NEGATIVE_INT, "row_trim": FLAG, "shared_prefix": FLAG, "agent_widths": FLAG,
 }
 
 
@@ -125,6 +125,12 @@ class PPOConfig:
             layer's input; recompute the rest in the backward pass) or a
             `jax.checkpoint_policies` name. Same results up to float rounding; less memory
             for about one more forward pass.
+        head_chunk: run the LM head of the update's differentiated passes over this many
+            action positions at a time, recomputing each chunk's logits in the backward
+            pass (`scoring.head_terms`); 0 = all positions at once. The head's float32
+            logits and softmax terms are `rows × K × vocab` several times over (~0.5 GB
+            for SmolLM2 at 8 rows of 64 actions); a chunk of 128 keeps one chunk's. Same
+            results up to float rounding, for one more head matmul.
         row_trim: score `[obs ; action]` rows compacted to the longest row's real tokens
             (each row's tokens moved to the end of the row, the columns that are padding in
             every row dropped; `scoring.compact_rows`) instead of the observation width plus
@@ -187,6 +193,7 @@ class PPOConfig:
     recompute_old_logprobs: bool = False
     skip_no_signal: bool = True
     remat: str = "none"
+    head_chunk: int = 0
     row_trim: bool = False
     shared_prefix: bool = False
     agent_widths: bool = True

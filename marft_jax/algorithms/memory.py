@@ -14,19 +14,23 @@ d / f / H / L / V the model's hidden, MLP, head, layer and vocabulary sizes):
     layer(B, T) = B·T·s·(4f + 5d) + 12·B·H·T²     one layer's intermediates kept for the
                                                   backward (attention scores in float32)
     head(B, K)  = 12·B·K·V                         the LM head's float32 logits and their
-                                                  log-softmax / softmax / entropy terms
+                                                  log-softmax / softmax / entropy terms;
+                  4·C·V with `ppo.head_chunk` C    (one chunk's, recomputed in the backward)
     remat none:   L·layer + 4·B·T·s·d + head
-    remat layers: L·(B·T·s·d + layer weight bytes) + layer + 7·B·T·s·d + head
-                  (the scan's carries, its stacked copy of the layer weights, and one
-                  layer recomputed at a time)
+    remat layers: L·B·T·s·d + 2·layer weight bytes + layer + 7·B·T·s·d + head
+                  (the scan's carries, the frozen weights of the layer a scan step runs,
+                  and one layer recomputed at a time)
     dots policies: as "layers", plus the L layers' projection outputs
 
 The coefficients come from XLA's `memory_analysis()` of the compiled update on SmolLM2's
-layer shapes (d 576, f 1536, 9 heads, V 49152; 2, 4 and 30 layers, B 8-32, T 128 and 256):
-the estimate is within 2 % of XLA's temporary bytes for SmolLM2 itself with remat
-"layers" and within -11 % .. +5 % for shallow models without remat (BUILD_NOTES.md,
+layer shapes (d 576, f 1536, 9 heads, V 49152; 2, 4 and 30 layers, B 8-32, T 128 and 256;
+`benchmarks/memory_estimate.py` prints both): for SmolLM2 itself with remat "layers" the
+estimate is +5 % over XLA's temporary bytes with the whole head and up to +11 % with
+chunks of 128, and within -11 % .. +5 % for shallow models without remat (BUILD_NOTES.md,
 "Memory"); `RUNTIME_BYTES` (Python, JAX, XLA's compiled programs, the
-tokenizer, the rollout's cache) from the peak RSS of a SmolLM2 iteration.
+tokenizer, the rollout's leftovers) is a SmolLM2 iteration's peak RSS less its parameters
+and XLA's temporary bytes: 1.55-1.61 GB over three settings at the reference's
+(`train.release_host_memory` on; BUILD_NOTES.md "Throughput", session 13).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from marft_jax.errors import ConfigError
 from marft_jax.models.config import ModelConfig
 
 GB = 1e9
-RUNTIME_BYTES = int(1.0 * GB)
+RUNTIME_BYTES = int(1.6 * GB)
 LOGIT_BYTES = 4  # the LM head and attention scores run in float32 whatever the dtype
 
 
@@ -65,7 +69,7 @@ def _layer_bytes(model: ModelConfig, rows: int, tokens: int) -> int:
 
 
 def activation_bytes(model: ModelConfig, rows: int, tokens: int, action_tokens: int,
-                     remat: str) -> int:
+                     remat: str, head_chunk: int = 0) -> int:
     """Estimated peak bytes of one micro-step's forward and backward pass.
 
     Args:
@@ -74,6 +78,7 @@ def activation_bytes(model: ModelConfig, rows: int, tokens: int, action_tokens: 
         tokens: row width T (observation + action tokens).
         action_tokens: K, the positions the LM head runs on.
         remat: a `models.remat.REMAT_POLICIES` name.
+        head_chunk: `ppo.head_chunk` (0: the head over all positions at once).
 
     Returns:
         The estimate in bytes (see the module docstring).
@@ -81,12 +86,14 @@ def activation_bytes(model: ModelConfig, rows: int, tokens: int, action_tokens: 
     s = model.jnp_dtype.dtype.itemsize
     d, hd = model.hidden_size, model.head_dim
     carry = rows * tokens * s * d  # one [rows, T, d] hidden state
-    head = 3 * LOGIT_BYTES * rows * action_tokens * model.vocab_size
+    positions = rows * action_tokens
+    head = LOGIT_BYTES * model.vocab_size * (
+        3 * positions if not head_chunk or head_chunk >= positions else head_chunk)
     layer = _layer_bytes(model, rows, tokens)
     if remat == "none":
         return model.num_layers * layer + 4 * carry + head
-    stacked = s * layer_param_count(model)
-    total = model.num_layers * (carry + stacked) + layer + 7 * carry + head
+    weights = s * layer_param_count(model)  # the layer's frozen weights the scan step picks
+    total = model.num_layers * carry + 2 * weights + layer + 7 * carry + head
     if remat.startswith("dots"):
         projections = (model.num_heads + 2 * model.num_kv_heads) * hd + 2 * d \
             + 2 * model.intermediate_size
@@ -95,11 +102,11 @@ def activation_bytes(model: ModelConfig, rows: int, tokens: int, action_tokens: 
 
 
 def peak_bytes(model: ModelConfig, rows: int, tokens: int, action_tokens: int,
-               remat: str) -> int:
+               remat: str, head_chunk: int = 0) -> int:
     """Estimated peak of the whole process during the update (`RUNTIME_BYTES` +
     parameters + one micro-batch's activations)."""
     return (RUNTIME_BYTES + param_bytes(model)
-            + activation_bytes(model, rows, tokens, action_tokens, remat))
+            + activation_bytes(model, rows, tokens, action_tokens, remat, head_chunk))
 
 
 def machine_memory_bytes() -> int:
@@ -124,7 +131,7 @@ def budget_bytes(memory_budget_gb: float) -> int:
 
 def choose_grad_accum_steps(model: ModelConfig, rows_per_env: int, tokens: int,
                             action_tokens: int, envs_per_minibatch: int, remat: str,
-                            budget: int) -> int:
+                            budget: int, head_chunk: int = 0) -> int:
     """The fewest micro-batches per minibatch whose estimated peak fits `budget` bytes.
 
     Only divisors of `envs_per_minibatch` are considered, so every env is used.
@@ -137,9 +144,9 @@ def choose_grad_accum_steps(model: ModelConfig, rows_per_env: int, tokens: int,
         if envs_per_minibatch % steps:
             continue
         rows = rows_per_env * (envs_per_minibatch // steps)
-        if peak_bytes(model, rows, tokens, action_tokens, remat) <= budget:
+        if peak_bytes(model, rows, tokens, action_tokens, remat, head_chunk) <= budget:
             return steps
-    need = peak_bytes(model, rows_per_env, tokens, action_tokens, remat)
+    need = peak_bytes(model, rows_per_env, tokens, action_tokens, remat, head_chunk)
     raise ConfigError(
         f"config field 'train.memory_budget_gb': {budget / GB:.2f} GB cannot hold the update "
         f"even one env per micro-batch (estimated {need / GB:.2f} GB with ppo.remat="

@@ -23,7 +23,7 @@ Array = jax.Array
 
 def score_actions(groups, graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                   action_tokens: Array, action_mask: Array, adapter_ids: Array | int, *,
-                  remat: str = "none") -> Scores:
+                  remat: str = "none", head_chunk: int = 0) -> Scores:
     """`scoring.score_actions` with each agent on its base (no critic features).
 
     Args:
@@ -33,7 +33,7 @@ def score_actions(groups, graphdef, base, lora, obs_tokens: Array, obs_mask: Arr
         action_tokens, action_mask: `[R, A, E, K]`.
         adapter_ids: `[A]` adapter of each agent (the team's adapter axis, which every
             base's LoRA stack shares), or a scalar (< 0: adapters off).
-        remat: see `scoring.score_actions`.
+        remat, head_chunk: see `scoring.score_actions`.
 
     Returns:
         `Scores` with `[R, A, E, K]` leaves in profile order, `features` None.
@@ -45,7 +45,8 @@ def score_actions(groups, graphdef, base, lora, obs_tokens: Array, obs_mask: Arr
         s = scoring.score_actions(
             graphdef[b], base[b], lora[b], obs_tokens[:, agents], obs_mask[:, agents],
             action_tokens[:, agents], action_mask[:, agents],
-            ids if ids.ndim == 0 else ids[agents], num_value_positions=None, remat=remat)
+            ids if ids.ndim == 0 else ids[agents], num_value_positions=None, remat=remat,
+            head_chunk=head_chunk)
         logprobs.append(s.token_logprobs)
         entropies.append(s.entropy)
         order.extend(agents.tolist())

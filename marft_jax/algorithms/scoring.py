@@ -247,11 +247,48 @@ def _scored_hidden(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
     return hidden, shift, 0
 
 
+def head_terms(graphdef, base, lora, hidden: Array, tokens: Array,
+               chunk: int = 0) -> tuple[Array, Array]:
+    """Log-probs of `tokens` and the policy's entropies from the LM head.
+
+    Args:
+        graphdef, base, lora: the split decoder.
+        hidden: `[..., H]` final hidden states before each token.
+        tokens: `[...]` int32 the tokens scored.
+        chunk: 0 runs the head over every position at once (its float32 `[..., V]` logits
+            and their softmax terms all alive in a backward pass); > 0 runs it over `chunk`
+            positions at a time in a `lax.map` whose rematerialised body keeps only its
+            inputs for the backward pass, so the head's memory is that of one chunk for
+            one more head matmul. Same results up to float rounding.
+
+    Returns:
+        `(logprobs, entropy)`, float32 with the shape of `tokens`.
+    """
+    def terms(h, t):  # [n, H], [n]
+        logp_all = jax.nn.log_softmax(F.lm_logits(graphdef, base, lora, h), axis=-1)
+        logp = jnp.take_along_axis(logp_all, t[:, None], axis=-1)[:, 0]
+        return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+
+    shape = tokens.shape
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), tokens.reshape(-1)
+    n = flat_t.shape[0]
+    if chunk <= 0 or n <= chunk:
+        logp, entropy = terms(flat_h, flat_t)
+    else:
+        pad = -n % chunk
+        flat_h = jnp.pad(flat_h, ((0, pad), (0, 0))).reshape(-1, chunk, hidden.shape[-1])
+        flat_t = jnp.pad(flat_t, (0, pad)).reshape(-1, chunk)
+        logp, entropy = jax.lax.map(
+            lambda xs: jax.checkpoint(terms, prevent_cse=False)(*xs), (flat_h, flat_t))
+        logp, entropy = logp.reshape(-1)[:n], entropy.reshape(-1)[:n]
+    return logp.reshape(shape), entropy.reshape(shape)
+
+
 def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                   action_tokens: Array, action_mask: Array, adapter_ids: Array, *,
                   num_value_positions: int | None, remat: str = "none",
                   row_width: int | None = None, prefix: Segments | None = None,
-                  obs_capacity: tuple[int, ...] | None = None) -> Scores:
+                  obs_capacity: tuple[int, ...] | None = None, head_chunk: int = 0) -> Scores:
     """Log-probs, entropies and critic features of actions, one forward pass.
 
     Args:
@@ -276,6 +313,9 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
             `RolloutConfig.agent_obs_tokens`): each agent's rows run in a pass of their own,
             `obs_capacity[i] - len(prefix_i)` remainder columns wide, instead of one pass at
             the team's widest remainder. Same results; ignored without a prefix.
+        head_chunk: run the LM head over this many action positions at a time, each
+            chunk's logits recomputed in the backward pass (`head_terms`; the update's
+            `ppo.head_chunk`); 0: all positions at once.
 
     Returns:
         `Scores` with `[R, A, E, ...]` leading axes.
@@ -287,11 +327,8 @@ def score_actions(graphdef, base, lora, obs_tokens: Array, obs_mask: Array,
                                            action_tokens, action_mask, adapter_ids, remat,
                                            row_width, prefix, obs_capacity)
     before_action = _hidden_at(hidden, o - 1 - origin + np.arange(k), shift)  # [rows, K, H]
-    logits = F.lm_logits(graphdef, base, lora, before_action)  # [rows, K, V] float32
-    logp_all = jax.nn.log_softmax(logits, axis=-1)
-    chosen = to_rows(action_tokens)[..., None]  # [rows, K, 1]
-    token_logprobs = jnp.take_along_axis(logp_all, chosen, axis=-1)[..., 0]  # [rows, K]
-    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)  # [rows, K]
+    token_logprobs, entropy = head_terms(graphdef, base, lora, before_action,
+                                         to_rows(action_tokens), head_chunk)  # [rows, K]
     features = None
     if num_value_positions is not None:
         features = _hidden_at(hidden, critic_lib.value_columns(o, num_value_positions)

@@ -141,11 +141,12 @@ def objective(graphdef, config: PPOConfig, params, ctx, micro: Batch, policy_cou
             graphdef, base, lora, micro.obs_tokens, micro.obs_mask, micro.action_tokens,
             micro.action_mask, adapter_ids, num_value_positions=p if shared_trunk else None,
             remat=config.remat, row_width=row_width, prefix=prefix,
-            obs_capacity=obs_capacity)
+            obs_capacity=obs_capacity, head_chunk=config.head_chunk)
     else:
         scores = multibase.score_actions(
             groups, graphdef, base, lora, micro.obs_tokens, micro.obs_mask,
-            micro.action_tokens, micro.action_mask, adapter_ids, remat=config.remat)
+            micro.action_tokens, micro.action_mask, adapter_ids, remat=config.remat,
+            head_chunk=config.head_chunk)
     terms = losses.POLICY_LOSSES[spec.policy_loss](
         scores.token_logprobs, micro.old_logprobs, micro.action_mask, micro.advantages,
         scores.entropy, config.clip_eps, config.logprob_norm, micro.word_counts,

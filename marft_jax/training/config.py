@@ -57,7 +57,8 @@ FIELD_RULES: dict[str, Rule] = {
     # iterations = 0: evaluate the untrained team only (baselines of a study).
     **{f"train.{n}": NON_NEGATIVE_INT for n in ("iterations", "eval_every", "checkpoint_every",
                                                 "eval_problems", "eval_batch")},
-    **{f"train.{n}": FLAG for n in ("eval_greedy", "eval_sampled", "eval_before")},
+    **{f"train.{n}": FLAG for n in ("eval_greedy", "eval_sampled", "eval_before",
+                                    "release_host_memory")},
     "train.rollback_after": NON_NEGATIVE_INT, "train.max_rollbacks": NON_NEGATIVE_INT,
     "train.memory_budget_gb": NON_NEGATIVE,
     "faults.iteration": POSITIVE_INT, "faults.agent": NON_NEGATIVE_INT,
@@ -179,8 +180,8 @@ def check_fields(c: ml_collections.ConfigDict) -> None:
                 continue  # an optional section
             if field.startswith("task.code_") and c.task.get("kind") != "code":
                 continue  # configs saved before the code task
-            if field == "train.memory_budget_gb":
-                continue  # configs saved before it: TrainConfig's default
+            if field in ("train.memory_budget_gb", "train.release_host_memory"):
+                continue  # configs saved before them: TrainConfig's defaults
             if field in ("seed",) or not field.startswith("ppo."):
                 _fail(field, "is missing")
             continue  # a PPO field left out takes PPOConfig's default

@@ -24,6 +24,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from marft_jax import hostmem
 from marft_jax.algorithms import scoring
 from marft_jax.algorithms.config import PPOConfig
 from marft_jax.algorithms.update import make_update
@@ -81,6 +82,8 @@ class Iteration:
         update: `make_update`'s jitted update.
         ppo: the update's configuration.
         host_steps: whether the host-side preparation runs (False when traced).
+        compiled: the update's executables by call signature, with
+            `train.release_host_memory` (`hostmem.compile_then_release`).
     """
 
     setup: RunSetup
@@ -89,9 +92,15 @@ class Iteration:
     update: Callable
     ppo: PPOConfig
     host_steps: bool
+    compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def _release_host_memory(self) -> None:
+        if self.host_steps and self.setup.exp.train.release_host_memory:
+            hostmem.release_free_memory()
 
     def rollout_phase(self, base, state, game, root: jax.Array, it):
         """`(game, trajectory)` of iteration `it` with the state's adapters."""
+        self._release_host_memory()
         return self.rollout((base, state.lora), game, sampling_key(root, Phase.ROLLOUT, it))
 
     def prepare(self, traj: Trajectory) -> tuple[Trajectory, jax.Array | None]:
@@ -109,12 +118,16 @@ class Iteration:
     def update_phase(self, base, state, traj: Trajectory, words, root: jax.Array, it,
                      fault: tuple[jax.Array, jax.Array] | None = None):
         """`(state, metrics)` of the update on a prepared trajectory."""
+        self._release_host_memory()
         extra = () if fault is None else (fault,)
         width = None
         if self.host_steps and self.ppo.row_trim:
             width = scoring.row_width(traj.obs_mask, traj.action_mask)
-        return self.update(state, base, traj, sampling_key(root, Phase.UPDATE, it), words,
-                           *extra, row_width=width)
+        args = (state, base, traj, sampling_key(root, Phase.UPDATE, it), words, *extra)
+        if self.host_steps and self.setup.exp.train.release_host_memory:
+            return hostmem.compile_then_release(self.update, self.compiled, *args,
+                                                row_width=width)
+        return self.update(*args, row_width=width)
 
     def __call__(self, base, state, game, root: jax.Array, it, *,
                  fault: tuple[jax.Array, jax.Array] | None = None,

@@ -126,6 +126,10 @@ class TrainConfig:
         memory_budget_gb: the memory (GB, 1e9 bytes) the update's micro-batches are sized
             to when `ppo.grad_accum_steps` is 0 (`algorithms.memory`); 0 = half the
             machine's memory.
+        release_host_memory: return the host heap's free pages to the OS before each
+            phase of an iteration (`hostmem.release_free_memory`; glibc's
+            `malloc_trim`): on the CPU backend a phase's freed buffers otherwise stay in
+            the process and the next phase's peak comes on top. No effect on results.
     """
 
     iterations: int = 10
@@ -144,6 +148,7 @@ class TrainConfig:
     rollback_after: int = 3
     max_rollbacks: int = 3
     memory_budget_gb: float = 0.0
+    release_host_memory: bool = True
 
 
 def defaults(cls: type) -> dict[str, Any]:

@@ -266,7 +266,7 @@ def with_micro_batches(exp: Experiment, model_config: ModelConfig,
         tokens=rollout_config.obs_tokens + rollout_config.action_tokens,
         action_tokens=rollout_config.action_tokens,
         envs_per_minibatch=exp.rollout.num_envs // ppo.num_minibatches, remat=ppo.remat,
-        budget=memory.budget_bytes(exp.train.memory_budget_gb))
+        budget=memory.budget_bytes(exp.train.memory_budget_gb), head_chunk=ppo.head_chunk)
     logging.info("ppo.grad_accum_steps=0: %d micro-batches per minibatch fit the memory "
                  "budget", steps)
     return dataclasses.replace(exp, ppo=ppo.replace(grad_accum_steps=steps))

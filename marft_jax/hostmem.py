@@ -3,7 +3,7 @@
 On the CPU backend every array and every temporary buffer of a compiled program lives on
 the host heap (glibc's malloc). Buffers freed after a phase mostly stay mapped: they are
 smaller than malloc's mmap threshold and scattered over the arenas of XLA's worker
-threads, so the process keeps them (about 0.6 GB after a SmolLM2 update at the
+threads, so the process keeps them (0.6–1.4 GB after a SmolLM2 update at the
 reference's settings, BUILD_NOTES.md "Throughput", session 13) and the next phase's peak
 comes on top. `malloc_trim(0)` returns every whole free page of every arena to the OS
 (a few milliseconds); where there is no glibc it is a no-op. The same holds for what the

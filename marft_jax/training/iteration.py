@@ -94,8 +94,12 @@ class Iteration:
     host_steps: bool
     compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+    @property
+    def _releases_host_memory(self) -> bool:
+        return self.host_steps and self.setup.exp.train.release_host_memory
+
     def _release_host_memory(self) -> None:
-        if self.host_steps and self.setup.exp.train.release_host_memory:
+        if self._releases_host_memory:
             hostmem.release_free_memory()
 
     def rollout_phase(self, base, state, game, root: jax.Array, it):
@@ -124,7 +128,7 @@ class Iteration:
         if self.host_steps and self.ppo.row_trim:
             width = scoring.row_width(traj.obs_mask, traj.action_mask)
         args = (state, base, traj, sampling_key(root, Phase.UPDATE, it), words, *extra)
-        if self.host_steps and self.setup.exp.train.release_host_memory:
+        if self._releases_host_memory:
             return hostmem.compile_then_release(self.update, self.compiled, *args,
                                                 row_width=width)
         return self.update(*args, row_width=width)

@@ -13,7 +13,14 @@ per CPU-minute (finished episodes over the process's user + system CPU time of t
 iterations, as `bench_iteration.py` counts them) and phase medians, then the medians over
 rounds and their ratio. `bench_iteration.py --iteration_variant` compares settings of one
 checkout; this compares code, e.g. against the revision an issue's goal was set on. The
-worktree is removed afterwards; both read this checkout's data root (`marft_jax.paths`). Figures go to BUILD_NOTES.md with the machine and date.
+worktree is removed afterwards; both read this checkout's data root (`marft_jax.paths`).
+
+Each process also prints its start-up: the setup (model, data, initial state) and the first
+iteration's phases, compilation included. With `--compilation_cache`, every child shares
+one temporary JAX persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`), so from the
+second round on a process starts as a re-launched run does: it loads what its code's
+programs compiled to instead of compiling them (programs holding host callbacks are never
+cached). Figures go to BUILD_NOTES.md with the machine and date.
 """
 
 import argparse
@@ -44,30 +51,38 @@ def _measure(root: str, config: str, iterations: int) -> dict:
     from marft_jax.training.setup import build_setup
 
     module = config.removesuffix(".py").replace("/", ".")
+    start = time.perf_counter()
     exp = finalize(importlib.import_module(module).get_config())
     setup = build_setup(exp)
     state, game = initial_state(setup)
     iteration = make_iteration(setup)
     key = jax.random.key(exp.seed)
+    first = dict(setup=time.perf_counter() - start)
     rows = []
     for i in range(iterations + 1):  # the first call compiles: not counted
         cpu0 = time.process_time()  # user + system CPU of all the process's threads
         out = iteration(setup.base, state, game, key, i, timed=True)
         cpu = time.process_time() - cpu0
         state, game = out.state, out.game
+        seconds = {phase: float(s) for phase, s in out.seconds.items()}
         if i:
             rows.append(dict(cpu=cpu, episodes=float(np.sum(np.asarray(out.traj.dones))),
-                             **{phase: float(s) for phase, s in out.seconds.items()}))
-    return dict(rows=rows)
+                             **seconds))
+        else:
+            first.update(seconds)
+    return dict(rows=rows, first=first)
 
 
-def _child(root: str, args) -> dict:
+def _child(root: str, args, cache: str | None) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), f"--child={root}",
            f"--config={args.config}", f"--iterations={args.iterations}"]
     from marft_jax.paths import DATA_ENV_VAR, data_root
 
     # The worktree has no ../shared beside it: both read this checkout's data root.
     env = dict(os.environ, PYTHONPATH=root, **{DATA_ENV_VAR: str(data_root())})
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
     done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -81,6 +96,7 @@ def _summary(run: dict) -> tuple[float, str]:
     rate = sum(r["episodes"] for r in rows) / (sum(r["cpu"] for r in rows) / 60)
     phases = [p for p in rows[0] if p not in ("cpu", "episodes")]
     text = ", ".join(f"{p} {statistics.median(r[p] for r in rows):.2f}s" for p in phases)
+    text += "; start-up " + ", ".join(f"{p} {s:.1f}s" for p, s in run["first"].items())
     return rate, text
 
 
@@ -91,6 +107,8 @@ def main() -> None:
                    help="config file, relative to each checkout")
     p.add_argument("--rounds", type=int, default=2, help="alternating process pairs")
     p.add_argument("--iterations", type=int, default=3, help="timed iterations a process")
+    p.add_argument("--compilation_cache", action="store_true",
+                   help="every child shares one temporary JAX persistent compilation cache")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -101,13 +119,14 @@ def main() -> None:
         p.error("--against=REV is required")
     with tempfile.TemporaryDirectory(prefix="bench_revisions_") as tmp:
         old = str(Path(tmp) / "rev")
+        cache = str(Path(tmp) / "jax_cache") if args.compilation_cache else None
         subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", "-q", old,
                         args.against], check=True)
         try:
             rates = {args.against: [], "this checkout": []}
             for round_ in range(1, args.rounds + 1):
                 for name, root in ((args.against, old), ("this checkout", str(HERE))):
-                    rate, text = _summary(_child(root, args))
+                    rate, text = _summary(_child(root, args, cache))
                     rates[name].append(rate)
                     print(f"round {round_} [{name}] {time.strftime('%H:%M:%S')}: "
                           f"{rate:.2f} episodes per CPU-minute; medians {text}", flush=True)

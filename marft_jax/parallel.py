@@ -40,6 +40,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from marft_jax.errors import ConfigError
+from marft_jax.flexmg.driver import HostReward, Rollout
 from marft_jax.models.projections import PROJECTIONS
 
 AXES = ("data", "fsdp", "tp")
@@ -290,24 +291,25 @@ class Plan:
         return jax.tree.map(one, cache)
 
     def per_env(self, reward_fn: Callable) -> Callable:
-        """Runs `reward_fn(problem_ids [E], actions [A, E, K], lengths [A, E]) -> [A, E]` on
-        each device's own environments (`shard_map`), so host rewards (`pure_callback`)
-        grade local rows on the local process. Identity on one env shard."""
-        if self.env_shards == 1:
+        """Runs a JAX `reward_fn(problem_ids [E], actions [A, E, K], lengths [A, E]) ->
+        [A, E]` on each device's own environments (`shard_map`). Identity on one env shard,
+        and for a `flexmg.driver.HostReward`, which the stepped rollout already grades on
+        each process's own env shards (`flexmg.driver.grade_on_host`)."""
+        if self.env_shards == 1 or isinstance(reward_fn, HostReward):
             return reward_fn
         b = BATCH_AXES
         return jax.shard_map(reward_fn, mesh=self.mesh, in_specs=(P(b), P(None, b), P(None, b)),
                              out_specs=P(None, b), check_vma=False)
 
-    def jit_rollout(self, rollout: Callable, group_size: int = 1,
+    def jit_rollout(self, rollout: Rollout, group_size: int = 1,
                     num_bases: int = 1) -> Callable:
-        """`jax.jit(rollout)` whose outputs keep the env split (game state, trajectory);
+        """`rollout.compile()` whose outputs keep the env split (game state, trajectory);
         `group_size` is that of the game states it is called with; `num_bases` > 1: a
         heterogeneous team's rollout (a game state per base, critic observations)."""
         game = self.game_shardings(group_size)
         if num_bases > 1:
             game = (game,) * num_bases
-        return jax.jit(rollout, out_shardings=(game, self.trajectory_shardings(num_bases > 1)))
+        return rollout.compile(out_shardings=(game, self.trajectory_shardings(num_bases > 1)))
 
     def update_options(self, state) -> dict[str, Any]:
         """Keyword arguments of `algorithms.update.make_update` for this plan.

@@ -198,7 +198,7 @@ def _orchestrated_run(script, *, rounds, horizon, envs=1):
                            task.reward_fn(TOK, team.answer_mask), config,
                            router=host_router(team, TOK))
     game = init_game(layout, task.table, envs, size, jax.random.key(0))
-    return jax.jit(rollout)(None, game, jax.random.key(1))
+    return rollout.compile()(None, game, jax.random.key(1))
 
 
 def test_uncalled_agents_have_no_action_and_are_not_seen():

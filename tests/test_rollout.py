@@ -64,7 +64,7 @@ def _run(team, problems, script, *, style, rounds, envs=1, horizon=3, placement=
                            task.reward_fn(TOK, team.answer_mask), config)
     # Problem order from the key: the test uses one problem table of size 1 or a fixed order.
     game = init_game(layout, table, envs, state_size, jax.random.key(0))
-    game, traj = jax.jit(rollout)(params, game, jax.random.key(1))
+    game, traj = rollout.compile()(params, game, jax.random.key(1))
     traj.check_shapes()
     return game, traj, layout
 

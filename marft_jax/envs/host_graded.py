@@ -1,5 +1,5 @@
 """What the text tasks (math, code) share: a problem table in tokens, and a grader that
-runs on the host after each round, under jit through `flexmg.rollout.host_reward`."""
+runs on the host after each round (a `flexmg.driver.HostReward`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from marft_jax.flexmg.game import ProblemTable
-from marft_jax.flexmg.rollout import host_reward
+from marft_jax.flexmg.driver import HostReward
 
 
 class TextCodec(Protocol):
@@ -63,7 +63,7 @@ class HostGraded:
         """
         raise NotImplementedError
 
-    def reward_fn(self, tokenizer: TextCodec, answer_mask: Sequence[bool]):
-        """The rollout's `reward_fn` (a `jax.pure_callback` around `grade`)."""
+    def reward_fn(self, tokenizer: TextCodec, answer_mask: Sequence[bool]) -> HostReward:
+        """The rollout's `reward_fn`: `grade` on the host between a round's jitted parts."""
         mask = tuple(bool(m) for m in answer_mask)
-        return host_reward(lambda p, a, n: self.grade(tokenizer, mask, p, a, n), len(mask))
+        return HostReward(lambda p, a, n: self.grade(tokenizer, mask, p, a, n), len(mask))

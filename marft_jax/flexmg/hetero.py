@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import struct
 
+from marft_jax.flexmg.driver import Rollout, stack_records
 from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
 from marft_jax.flexmg.layout import ObservationLayout
 from marft_jax.flexmg.profiles import Team
@@ -65,13 +67,45 @@ def cross_tokens(source: Any, target: Any, width: int, pad_id: int) -> Callable:
     return cross
 
 
+@struct.dataclass
+class HeteroPlay:
+    """What the waves of one heterogeneous round produced (`RoundPlay`'s fields, per base).
+
+    Attributes:
+        obs, obs_mask: `[A, E, O]` each decision's observation in its own base's tokens.
+        actions, action_mask: `[A, E, K]`; behaviour_logprobs, policy_logprobs: `[A, E, K]`.
+        critic_obs, critic_mask: `[A, E, O]` each decision's observation in the critic base.
+        base_actions, base_lengths: per base, every response in that base's tokens
+            (`[A, E, max(K, C)]`, `[A, E]`); None once recorded.
+        overflow: per base, `[E]` the game's overflow flags; None once recorded.
+    """
+
+    obs: Array
+    obs_mask: Array
+    actions: Array
+    action_mask: Array
+    behaviour_logprobs: Array
+    policy_logprobs: Array
+    critic_obs: Array
+    critic_mask: Array
+    base_actions: tuple[Array, ...] | None
+    base_lengths: tuple[Array, ...] | None
+    overflow: tuple[Array, ...] | None
+
+    def recorded(self) -> HeteroPlay:
+        """What the trajectory keeps of the round."""
+        return self.replace(base_actions=None, base_lengths=None, overflow=None)
+
+
 def make_hetero_rollout(team: Team, groups: Any, layouts: Sequence[ObservationLayout],
                         tables: Sequence[ProblemTable], generate_fns: Sequence[Callable],
                         reward_fn: Callable, tokenizers: Sequence[Any],
                         pad_ids: Sequence[int], config: RolloutConfig, cross_width: int, *,
                         max_new_tokens: int | None = None, temperature: float = 0.5,
                         reward_base: int = 0):
-    """Builds `rollout((bases, loras), games, key) -> (games, Trajectory)`; jittable.
+    """Builds the `flexmg.driver.Rollout` `rollout((bases, loras), games, key) ->
+    (games, Trajectory)` (the crossing of texts between bases runs as host callbacks inside
+    `act`).
 
     Args:
         team: the agents (no orchestrator).
@@ -101,7 +135,7 @@ def make_hetero_rollout(team: Team, groups: Any, layouts: Sequence[ObservationLa
     crossers = {(a, b): cross_tokens(tokenizers[a], tokenizers[b], width, pad_ids[b])
                 for a in range(nb) for b in range(nb) if a != b}
 
-    def play_round(params, games: tuple[GameState, ...], key: Array):
+    def act(params, games: tuple[GameState, ...], key: Array):
         bases, loras = params
         e = games[0].num_envs
         visible = jnp.broadcast_to(jnp.asarray(graph.adjacency), (e, num_agents, num_agents))
@@ -164,36 +198,38 @@ def make_hetero_rollout(team: Team, groups: Any, layouts: Sequence[ObservationLa
                     tokens, mask = view(critic, i)
                 critic_obs = critic_obs.at[i].set(tokens)
                 critic_mask = critic_mask.at[i].set(mask)
-        correct = reward_fn(games[reward_base].problem_id, acts[reward_base],
-                            lens[reward_base])  # [A, E]
+        play = HeteroPlay(obs=obs, obs_mask=obs_mask, actions=actions, action_mask=action_mask,
+                          behaviour_logprobs=blp, policy_logprobs=plp, critic_obs=critic_obs,
+                          critic_mask=critic_mask, base_actions=tuple(acts),
+                          base_lengths=tuple(lens), overflow=tuple(overflow))
+        return play, (games[reward_base].problem_id, acts[reward_base], lens[reward_base])
+
+    def settle(games: tuple[GameState, ...], play: HeteroPlay, correct: Array):
         score, rewards = place_rewards(correct, answer_mask, order[-1],
-                                       config.reward_placement)
+                                       config.reward_placement)  # correct: [A, E]
         next_games, done = [], None
         for b in range(nb):
-            g, done = transition(games[b].replace(overflow=overflow[b]), layouts[b], tables[b],
-                                 acts[b], lens[b], order, score, config.horizon)
+            g, done = transition(games[b].replace(overflow=play.overflow[b]), layouts[b],
+                                 tables[b], play.base_actions[b], play.base_lengths[b], order,
+                                 score, config.horizon)
             next_games.append(g)
-        out = (obs, obs_mask, actions, action_mask, blp, plp, rewards, done, score,
-               critic_obs, critic_mask)
-        return tuple(next_games), out
+        return tuple(next_games), (play.recorded(), rewards, done, score)
 
-    def rollout(params, games: tuple[GameState, ...], key: Array):
-        step = lambda g, round_key: play_round(params, g, round_key)
-        games, out = jax.lax.scan(step, tuple(games),
-                                  jax.random.split(key, config.num_rounds))
-        (obs, obs_mask, actions, action_mask, blp, plp, rewards, dones, scores, critic_obs,
-         critic_mask) = out
+    def finish(games: tuple[GameState, ...], records, stacked: bool = False):
+        plays, rewards, dones, scores = stack_records(records, stacked)  # [R, ...]
         e = games[0].num_envs
         empty = jnp.zeros((num_agents, e, k), jnp.int32)
         next_obs, next_mask, _ = observe(games[critic], layouts[critic], order[0], empty,
                                          empty[..., 0], jnp.zeros((e, num_agents), bool),
                                          order, config.obs_tokens, pad_ids[critic])
-        traj = Trajectory(obs_tokens=obs, obs_mask=obs_mask, action_tokens=actions,
-                          action_mask=action_mask, behaviour_logprobs=blp,
-                          policy_logprobs=plp, rewards=rewards, dones=dones, scores=scores,
-                          next_obs_tokens=next_obs, next_obs_mask=next_mask,
-                          adapter_ids=jnp.asarray(adapter_of), critic_obs_tokens=critic_obs,
-                          critic_obs_mask=critic_mask)
-        return games, traj
+        traj = Trajectory(obs_tokens=plays.obs, obs_mask=plays.obs_mask,
+                          action_tokens=plays.actions, action_mask=plays.action_mask,
+                          behaviour_logprobs=plays.behaviour_logprobs,
+                          policy_logprobs=plays.policy_logprobs, rewards=rewards, dones=dones,
+                          scores=scores, next_obs_tokens=next_obs, next_obs_mask=next_mask,
+                          adapter_ids=jnp.asarray(adapter_of), critic_obs_tokens=plays.critic_obs,
+                          critic_obs_mask=plays.critic_mask)
+        return tuple(games), traj
 
-    return rollout
+    return Rollout(act=act, settle=settle, finish=finish, reward_fn=reward_fn,
+                   num_rounds=config.num_rounds)

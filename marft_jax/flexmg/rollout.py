@@ -1,9 +1,9 @@
-"""The Flex-MG rollout: `lax.scan` over rounds, a static loop over waves inside.
+"""The Flex-MG rollout: rounds of waves, built as `flexmg.driver.Rollout` parts.
 
 Each wave assembles its agents' observations from the game state in token space, generates
 for all of its agents x envs in ONE batched call (each row with its own adapter), and writes
-the actions into the round's buffers; after the last wave the round is scored, rewards are
-placed, and the pure transition advances (and resets) the environments.
+the actions into the round's buffers (`act`); the round is then graded, and `settle` places
+the rewards and the pure transition advances (and resets) the environments.
 
 The policy and the reward are functions passed in:
 - `generate_fn(params, tokens [B, O], mask [B, O], adapter_ids [B], temperatures [B],
@@ -12,8 +12,9 @@ The policy and the reward are functions passed in:
   wave's agent prefixes as a `sampling.SharedPrefix` and the rows without them; a wave
   whose rows all run one adapter says which (`wave_adapter`; `sampling.generate`);
 - `reward_fn(problem_ids [E], actions [A, E, K], lengths [A, E]) -> correct [A, E]` float32,
-  either a JAX function (token tasks: the whole rollout is one jit) or a host function
-  wrapped by `host_reward` (`jax.pure_callback`: detokenise, extract, grade).
+  either a JAX function (token tasks: the whole rollout is one jit) or a
+  `flexmg.driver.HostReward` (text tasks: detokenise, extract, grade in NumPy between the
+  round's jitted parts; see `flexmg.driver`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import struct
+
 from marft_jax.errors import ConfigError
+from marft_jax.flexmg.driver import Rollout, stack_records
 from marft_jax.flexmg.game import GameState, ProblemTable, observe, transition
 from marft_jax.flexmg.layout import ObservationLayout, Segments, remainder_columns
 from marft_jax.flexmg.orchestration import Router, active_agents
@@ -88,6 +92,37 @@ class RolloutConfig:
                               f"must lie in 1..obs_tokens ({self.obs_tokens})")
 
 
+@struct.dataclass
+class RoundPlay:
+    """What the waves of one round produced (`act`), before grading.
+
+    Attributes:
+        obs, obs_mask: `[A, E, O]` each decision's observation.
+        actions, action_mask: `[A, E, K]` the responses; lengths: `[A, E]`.
+        behaviour_logprobs, policy_logprobs: `[A, E, K]` (see `Trajectory`).
+        features: `[A, E, H]` the prompts' final hidden states, or None.
+        overflow: `[E]` the game's overflow flags after this round's observations.
+        active: `[E, A]` agents called by the router this round (orchestrated), or None.
+        stop: `[E]` the router ended the episode, or None.
+    """
+
+    obs: Array
+    obs_mask: Array
+    actions: Array
+    action_mask: Array
+    lengths: Array
+    behaviour_logprobs: Array
+    policy_logprobs: Array
+    features: Array | None
+    overflow: Array | None
+    active: Array | None
+    stop: Array | None
+
+    def recorded(self) -> RoundPlay:
+        """What the trajectory keeps of the round (the round-state fields dropped)."""
+        return self.replace(overflow=None, active=None, stop=None)
+
+
 def place_rewards(correct: Array, answer_mask: np.ndarray, last_agent: int,
                   placement: str) -> tuple[Array, Array]:
     """Task score and per-decision rewards of one round.
@@ -124,22 +159,6 @@ def place_rewards_acted(correct: Array, answer_mask: np.ndarray, order: tuple[in
     else:
         rewards = correct * answer
     return score, rewards.astype(jnp.float32)
-
-
-def host_reward(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
-                num_agents: int) -> Callable[[Array, Array, Array], Array]:
-    """Wraps a NumPy reward `(problem_ids, actions, lengths) -> [A, E]` for use under jit."""
-
-    def call(problem_ids, actions, lengths):
-        shape = jax.ShapeDtypeStruct((num_agents, problem_ids.shape[-1]), jnp.float32)
-
-        def host(p, a, n):
-            return np.asarray(fn(np.asarray(p), np.asarray(a), np.asarray(n)), np.float32)
-
-        return jax.pure_callback(host, shape, problem_ids, actions, lengths,
-                                 vmap_method="sequential")
-
-    return call
 
 
 def split_prefix(prefixes: Segments, wave: tuple[int, ...], obs: Array, mask: Array,
@@ -202,12 +221,15 @@ def _wave_columns(config: RolloutConfig, wave: tuple[int, ...],
 
 
 def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
-                 generate_fn: Callable[..., Any], reward_fn: Callable[..., Array],
+                 generate_fn: Callable[..., Any], reward_fn: Callable[..., Any],
                  config: RolloutConfig, *, max_new_tokens: int | None = None,
                  temperature: float = 0.5,
                  topology_fn: Callable[[GameState], Array] | None = None,
                  router: Router | None = None):
-    """Builds `rollout(params, game, key) -> (game, Trajectory)`; pure and jittable.
+    """Builds the team's `Rollout`: `rollout(params, game, key) -> (game, Trajectory)`.
+
+    With a JAX `reward_fn` the rollout is one pure, jittable function; with a `HostReward`
+    it runs through `Rollout.compile()` (jitted parts, grading on the host between them).
 
     Args:
         team: the agents, their adapters and the dependency graph.
@@ -241,7 +263,7 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
             return jnp.broadcast_to(static, (game.num_envs, num_agents, num_agents))
         return graph.dependency_mask(topology_fn(game))
 
-    def play_round(params, game: GameState, key: Array):
+    def act(params, game: GameState, key: Array):
         e = game.num_envs
         visible = visibility(game)  # [E, A, A]
         actions = jnp.full((num_agents, e, k), config.pad_id, jnp.int32)
@@ -305,35 +327,39 @@ def make_rollout(team: Team, layout: ObservationLayout, problems: ProblemTable,
                 calls, stop = router(actions, lengths)
                 active = active_agents(team, calls, stop)  # [E, A]
                 visible = visible & active[:, None, :]
-        correct = reward_fn(game.problem_id, actions, lengths)  # [A, E]
-        if active is None:
+        play = RoundPlay(obs=obs, obs_mask=obs_mask, actions=actions, action_mask=action_mask,
+                         lengths=lengths, behaviour_logprobs=blp, policy_logprobs=plp,
+                         features=features, overflow=overflow, active=active, stop=stop)
+        return play, (game.problem_id, actions, lengths)
+
+    def settle(game: GameState, play: RoundPlay, correct: Array):
+        if play.active is None:
             score, rewards = place_rewards(correct, answer_mask, order[-1],
                                            config.reward_placement)
             acted = None
         else:
-            acted = active.T  # [A, E]
+            acted = play.active.T  # [A, E]
             score, rewards = place_rewards_acted(correct, answer_mask, order,
                                                  config.reward_placement, acted)
-        next_game, done = transition(game.replace(overflow=overflow), layout, problems,
-                                     actions, lengths, order, score, config.horizon,
-                                     acted=acted, stop=stop)
-        out = (obs, obs_mask, actions, action_mask, blp, plp, rewards, done, score, features)
-        return next_game, out
+        next_game, done = transition(game.replace(overflow=play.overflow), layout, problems,
+                                     play.actions, play.lengths, order, score, config.horizon,
+                                     acted=acted, stop=play.stop)
+        return next_game, (play.recorded(), rewards, done, score)
 
-    def rollout(params, game: GameState, key: Array) -> tuple[GameState, Trajectory]:
-        step = lambda g, round_key: play_round(params, g, round_key)
-        game, out = jax.lax.scan(step, game, jax.random.split(key, config.num_rounds))
-        obs, obs_mask, actions, action_mask, blp, plp, rewards, dones, scores, features = out
+    def finish(game: GameState, records, stacked: bool = False):
+        plays, rewards, dones, scores = stack_records(records, stacked)  # [R, ...]
         first = order[0]
         empty = jnp.zeros((num_agents, game.num_envs, k), jnp.int32)
         none_visible = jnp.zeros((game.num_envs, num_agents), bool)
         next_obs, next_mask, _ = observe(game, layout, first, empty, empty[..., 0],
                                          none_visible, order, config.obs_tokens, config.pad_id)
-        traj = Trajectory(obs_tokens=obs, obs_mask=obs_mask, action_tokens=actions,
-                          action_mask=action_mask, behaviour_logprobs=blp,
-                          policy_logprobs=plp, rewards=rewards, dones=dones, scores=scores,
-                          next_obs_tokens=next_obs, next_obs_mask=next_mask,
-                          adapter_ids=jnp.asarray(adapter_of), obs_features=features)
+        traj = Trajectory(obs_tokens=plays.obs, obs_mask=plays.obs_mask,
+                          action_tokens=plays.actions, action_mask=plays.action_mask,
+                          behaviour_logprobs=plays.behaviour_logprobs,
+                          policy_logprobs=plays.policy_logprobs, rewards=rewards, dones=dones,
+                          scores=scores, next_obs_tokens=next_obs, next_obs_mask=next_mask,
+                          adapter_ids=jnp.asarray(adapter_of), obs_features=plays.features)
         return game, traj
 
-    return rollout
+    return Rollout(act=act, settle=settle, finish=finish, reward_fn=reward_fn,
+                   num_rounds=config.num_rounds)

@@ -65,7 +65,7 @@ class Evaluator:
                                      reward_placement="answering")
         rollout = make_team_rollout(self.setup, self.split, config, temperature, plan=self.plan)
         bases = 1 if self.setup.hetero is None else self.setup.hetero.groups.num_bases
-        self._rollout = jax.jit(rollout) if self.plan is None else \
+        self._rollout = rollout.compile() if self.plan is None else \
             self.plan.jit_rollout(rollout, num_bases=bases)
         self._config: RolloutConfig = config
         if self.greedy:

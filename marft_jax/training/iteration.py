@@ -208,7 +208,7 @@ def make_iteration(setup: RunSetup, plan: Plan | None = None, *, state: Any = No
                                    num_bases=1 if groups is None else groups.num_bases)
         options = plan.update_options(state)
     elif host_steps:
-        rollout = jax.jit(rollout)
+        rollout = rollout.compile()
     prefix = setup.layout.prefix if ppo.shared_prefix and groups is None else None
     update = make_update(setup.graphdef, ppo, exp.team.graph, groups=groups, prefix=prefix,
                          obs_capacity=setup.rollout_config.agent_obs_tokens, **options)

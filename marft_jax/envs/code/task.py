@@ -4,7 +4,7 @@ The rollout draws problems from the pre-tokenised table (each row is a problem's
 signature and docstring); after each round the answering agents' responses are
 detokenised, their code extracted (`extract.extract_code`) and run against the problem's
 unit tests in sandboxed child processes, a batch at a time (`sandbox.grade_batch`), on the
-host through `flexmg.rollout.host_reward`.
+host (a `flexmg.driver.HostReward`).
 
 The reward is either the fraction of tests passed ("fraction", the training signal: partial
 credit) or 1.0 only when every test passes ("pass", the pass/fail score that held-out

@@ -2,7 +2,7 @@
 
 The rollout draws problems from the pre-tokenised table; after each round, the answering
 agents' responses are detokenised, their answers extracted and graded against the ground
-truth on the host (through `jax.pure_callback`, see `flexmg.rollout.host_reward`).
+truth on the host (a `flexmg.driver.HostReward`).
 """
 
 from __future__ import annotations

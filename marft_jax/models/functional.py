@@ -138,9 +138,12 @@ def merge_adapter(graphdef, base: nnx.State, lora: nnx.State, adapter: int) -> n
     # New containers over the same arrays: the model's variables are the state's own, so
     # assigning to `base`'s would change the caller's state.
     model = merge_model(graphdef, jax.tree.map(lambda x: x, base), lora)
+    # `set_value`, not `kernel[...] = ...`: the indexed form compares the new value's
+    # sharding with the old one's, and a tracer's sharding builds an error message by
+    # walking the whole trace so far (24 of 30 s of tracing a SmolLM2 rollout).
     for _, module in nnx.iter_graph(model):
         if isinstance(module, LoRALinear) and module.lora_a is not None:
-            module.kernel[...] = module.merged_kernel(adapter)
+            module.kernel.set_value(module.merged_kernel(adapter))
     return split_model(model)[1]
 
 

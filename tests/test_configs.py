@@ -81,6 +81,7 @@ def test_every_numeric_field_is_range_checked(field, value):
 @pytest.mark.parametrize("name, field, value", [
     ("code_cpu", "team.layout", "plain"), ("tiny_cpu", "rollout.reward_placement", "all"),
     ("tiny_cpu", "task.grader", "sympy"), ("tiny_cpu", "model.dtype", "float8"),
+    ("tiny_cpu", "sampling.dtype", "float16"),
 ])
 def test_a_value_outside_its_choices_is_named(name, field, value):
     config = importlib.import_module(f"configs.{name}").get_config()
@@ -103,6 +104,38 @@ def test_sections_are_typed_and_the_observation_width_resolved_in_setup():
     assert exp.rollout.obs_tokens == 0  # as configured: derive it
     width = build_setup(exp).rollout_config.obs_tokens
     assert width > 0 and width % 32 == 0
+
+
+def test_sampling_dtype_is_what_rollouts_compute_in():
+    """`sampling.dtype` reaches the sampler (prefill and decode), the update keeps the
+    model's dtype, and a bfloat16 rollout of the float32 tiny model samples with log-probs
+    close to, but not equal to, the float32 rollout's."""
+    import jax
+    import numpy as np
+
+    from marft_jax.training.iteration import make_iteration
+    from marft_jax.training.loop import initial_state
+    from marft_jax.training.setup import build_setup
+
+    trajectories = {}
+    for dtype in ("", "bfloat16"):
+        config = importlib.import_module("configs.tiny_cpu").get_config()
+        config.sampling.dtype = dtype
+        setup = build_setup(finalize(config))
+        want = dtype or None
+        assert (setup.sampler.prefill_dtype, setup.sampler.decode_dtype) == (want, want)
+        assert setup.model_config.dtype == "float32"
+        state, game = initial_state(setup)
+        iteration = make_iteration(setup)
+        _, trajectories[dtype] = iteration.rollout_phase(setup.base, state, game,
+                                                         jax.random.key(0), 0)
+    full, half = trajectories[""], trajectories["bfloat16"]
+    same = (np.asarray(full.action_tokens) == np.asarray(half.action_tokens)).all(-1)
+    assert same.mean() > 0.5  # most responses are the same tokens
+    lp_full = np.asarray(full.policy_logprobs)[same]
+    lp_half = np.asarray(half.policy_logprobs)[same]
+    assert not np.array_equal(lp_full, lp_half)
+    np.testing.assert_allclose(lp_half, lp_full, atol=0.05)
 
 
 def test_unknown_field_of_any_section_is_named():

@@ -205,6 +205,9 @@ def finalize(config: ml_collections.ConfigDict) -> Experiment:
     check_fields(c)
     if c.model.dtype not in DTYPES:
         _fail("model.dtype", f"{c.model.dtype!r} is not one of {list(DTYPES)}")
+    if c.sampling.get("dtype", "") not in ("", *DTYPES):
+        _fail("sampling.dtype", f"{c.sampling.dtype!r} is not one of {['', *DTYPES]} "
+                                "('' = model.dtype)")
     targets = tuple(c.lora.targets)
     bad = [t for t in targets if t not in LORA_TARGETS]
     if bad or not targets:

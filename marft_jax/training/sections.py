@@ -93,6 +93,12 @@ class SamplingConfig:
         merge_adapter: decode a wave whose rows all run one adapter (a wave of one agent)
             on the weights with that adapter merged in (`sampling.SamplerConfig.
             merge_adapter`); the same tokens up to float rounding.
+        dtype: what the rollouts' and evaluations' forward passes (prefill and decode)
+            compute in: "" = the model's `model.dtype`, or "bfloat16" / "float32"
+            (`sampling.SamplerConfig.prefill_dtype` / `decode_dtype`); the update keeps
+            `model.dtype`. bfloat16 sampling of a float32 model is faster where bf16
+            matmuls are (AMX CPUs, GPUs, TPUs), but PPO's old log-probs then come from
+            the bf16 policy: `ppo.recompute_old_logprobs` recomputes them in float32.
     """
 
     max_new_tokens: int = 256
@@ -101,6 +107,7 @@ class SamplingConfig:
     top_p: float = 1.0
     decode_chunk: int = 0
     merge_adapter: bool = True
+    dtype: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

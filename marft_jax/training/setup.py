@@ -157,7 +157,8 @@ def build_setup(exp: Experiment) -> RunSetup:
     sampler = SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                             top_p=exp.sampling.top_p, stop_token_ids=stop,
                             pad_token_id=pad, decode_chunk=exp.sampling.decode_chunk,
-                            merge_adapter=exp.sampling.merge_adapter)
+                            merge_adapter=exp.sampling.merge_adapter,
+                            **sampling_dtypes(exp))
     router = None
     if team.orchestrator is not None:  # the task's own router, else the host-parsed text
         router = task.router or host_router(team, tokenizer)
@@ -165,6 +166,12 @@ def build_setup(exp: Experiment) -> RunSetup:
                     tokenizer=tokenizer, layout=layout, train=train, heldout=heldout,
                     sampler=sampler, rollout_config=rollout_config, state_size=state_size,
                     base_source=source, router=router)
+
+
+def sampling_dtypes(exp: Experiment) -> dict[str, str | None]:
+    """`SamplerConfig`'s compute dtypes from `sampling.dtype` ("" = the weights' own)."""
+    dtype = exp.sampling.dtype or None
+    return {"prefill_dtype": dtype, "decode_dtype": dtype}
 
 
 def _obs_width(exp: Experiment, layout, problem_tokens: int, width: int) -> tuple[int, int]:
@@ -219,7 +226,8 @@ def build_hetero_setup(exp: Experiment, groups) -> RunSetup:
     exp = with_micro_batches(exp, largest.config, rollout_config)
     samplers = tuple(SamplerConfig(max_new_tokens=k, top_k=exp.sampling.top_k,
                                    top_p=exp.sampling.top_p, stop_token_ids=t.stop_token_ids,
-                                   pad_token_id=t.pad_id) for t in tasks)
+                                   pad_token_id=t.pad_id, **sampling_dtypes(exp))
+                     for t in tasks)
     with_tables = lambda split, parts: None if split is None else dataclasses.replace(
         split, tables=tuple(parts))
     train = with_tables(first.train, [t.train.table for t in tasks])

@@ -3,9 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from marft_jax.envs.math.datasets import MathProblem
 from marft_jax.envs.math.task import build_math_task
+from marft_jax.errors import ConfigError
 from marft_jax.flexmg.game import init_game
 from marft_jax.flexmg.layout import agent_observation_capacities, build_layout, state_capacity
 from marft_jax.flexmg.profiles import team_from_dicts
@@ -285,3 +287,13 @@ def test_shared_prefix_rollout_samples_the_same_trajectory():
         np.testing.assert_allclose(np.asarray(got.policy_logprobs),
                                    np.asarray(whole.policy_logprobs), atol=1e-4)
     assert np.asarray(whole.action_mask).sum() > 10
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"num_rounds": 0}, "num_rounds"), ({"obs_tokens": 2.5}, "obs_tokens"),
+    ({"reward_placement": "all"}, "reward_placement"),
+    ({"obs_tokens": 8, "agent_obs_tokens": (8, 9)}, "agent_obs_tokens"),
+])
+def test_rollout_config_names_a_bad_field(changes, field):
+    with pytest.raises(ConfigError, match=rf"rollout config: field '{field}'"):
+        RolloutConfig(**changes)

@@ -210,12 +210,16 @@ class Team:
                      for p in self.profiles)
 
 
+# Profile files whose ignored 'device' fields were logged (a run loads its team twice).
+_DEVICE_FIELD_REPORTED: set[str] = set()
+
+
 def team_from_dicts(profiles: Sequence[Any], source: str = "<inline>") -> Team:
     """Builds a team from profile objects as they appear in a profile JSON file.
 
     Args:
         profiles: a list of dicts with the fields of `AgentProfile` (`depends_on` a list of
-            roles); `device` is accepted and ignored with one log line.
+            roles); `device` is accepted and ignored with one log line (once per `source`).
         source: the file they came from, named in error messages.
 
     Returns:
@@ -230,7 +234,8 @@ def team_from_dicts(profiles: Sequence[Any], source: str = "<inline>") -> Team:
             f"got {type_name(profiles)}")
     parsed = tuple(_profile_from_dict(obj, i, source) for i, obj in enumerate(profiles))
     ignored = [i for i, obj in enumerate(profiles) if "device" in obj]
-    if ignored:
+    if ignored and source not in _DEVICE_FIELD_REPORTED:  # once per file and process
+        _DEVICE_FIELD_REPORTED.add(source)
         logging.info(
             "%s: field 'device' of profiles %s ignored: the device mesh places the base "
             "models (a profile's own base is its field 'model')", source, ignored)

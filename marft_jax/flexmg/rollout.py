@@ -36,6 +36,7 @@ from marft_jax.flexmg.orchestration import Router, active_agents
 from marft_jax.flexmg.profiles import Team
 from marft_jax.flexmg.trajectory import Trajectory
 from marft_jax.sampling.types import SharedPrefix
+from marft_jax.validation import POSITIVE_INT
 
 Array = jax.Array
 # `reward_placement` (checked by `training.config.finalize`): the per-decision rewards
@@ -84,12 +85,17 @@ class RolloutConfig:
 
     def __post_init__(self):
         for name in ("num_rounds", "horizon", "obs_tokens", "action_tokens"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"config: field {name!r} must be positive")
+            problem = POSITIVE_INT.problem(getattr(self, name))
+            if problem:
+                raise ConfigError(f"rollout config: field {name!r} {problem}")
+        if self.reward_placement not in PLACEMENTS:
+            raise ConfigError(f"rollout config: field 'reward_placement' is "
+                              f"{self.reward_placement!r}; choose from {list(PLACEMENTS)}")
         if self.agent_obs_tokens is not None and not all(
                 0 < n <= self.obs_tokens for n in self.agent_obs_tokens):
-            raise ConfigError(f"config: field 'agent_obs_tokens' {self.agent_obs_tokens} "
-                              f"must lie in 1..obs_tokens ({self.obs_tokens})")
+            raise ConfigError(f"rollout config: field 'agent_obs_tokens' "
+                              f"{self.agent_obs_tokens} must lie in 1..obs_tokens "
+                              f"({self.obs_tokens})")
 
 
 @struct.dataclass

@@ -25,7 +25,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from flax import struct
 
 from marft_jax.errors import ConfigError

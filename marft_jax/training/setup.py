@@ -315,7 +315,8 @@ def make_team_rollout(setup: RunSetup, split: TaskSplit, config: RolloutConfig,
     """The pure rollout of the team on `split` (see `flexmg.rollout.make_rollout`).
 
     With a `plan`, generation is laid out for its mesh and rewards are computed on each
-    device's own environments (`Plan.per_env`).
+    device's own environments (a JAX reward: `Plan.per_env`; a host reward: each process's
+    own env shards, `flexmg.driver.grade_on_host`).
     """
     reward_fn = split.reward_fn if plan is None else plan.per_env(split.reward_fn)
     if setup.hetero is not None:

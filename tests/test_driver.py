@@ -116,3 +116,51 @@ def test_grade_shards_grades_each_env_slice_once_and_keeps_the_split():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"equal": True, "mixed": True, "split": True, "calls": [3, 3, 3, 3]}
+
+
+_TWO_PROCESSES = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    from marft_jax import parallel
+    parallel.initialize_distributed(sys.argv[1], 2, int(sys.argv[2]))
+    import jax, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from marft_jax.flexmg.driver import HostReward, grade_on_host
+    seen = []
+    def grade(p, a, n):
+        seen.extend(int(x) for x in p)
+        return (a.sum(-1) + n * 10 + p[None, :] * 100).astype(np.float32)
+    mesh = jax.make_mesh((4,), ("data",))  # envs over the 4 devices of both processes
+    ids = np.arange(8, dtype=np.int32)
+    acts = np.arange(2 * 8 * 3, dtype=np.int32).reshape(2, 8, 3)
+    lens = np.arange(16, dtype=np.int32).reshape(2, 8) % 4
+    put = lambda x, spec: jax.make_array_from_callback(
+        x.shape, NamedSharding(mesh, spec), lambda index: x[index])
+    got = grade_on_host(HostReward(grade, 2), put(ids, P("data")), put(acts, P(None, "data")),
+                        put(lens, P(None, "data")))
+    want = grade(ids, acts, lens)
+    del seen[-8:]  # the reference grading above
+    local = all(np.array_equal(np.asarray(s.data), want[s.index]) for s in got.addressable_shards)
+    print(json.dumps({"local": local, "global": not got.is_fully_addressable,
+                      "graded": sorted(seen)}))
+""")
+
+
+@pytest.mark.slow
+def test_each_process_grades_only_its_own_environments():
+    """Two processes over loopback, envs split over their 4 devices: each process grades the
+    envs it holds, once each, and gets the right rewards on its devices."""
+    from tests.test_parallel import _free_port
+
+    address = f"localhost:{_free_port()}"
+    env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, address, str(i)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["local"] and r["global"] for r in results)
+    assert [r["graded"] for r in results] == [[0, 1, 2, 3], [4, 5, 6, 7]]

@@ -79,7 +79,8 @@ def test_reference_profiles_load_as_chains(name):
 
 
 def test_reference_device_field_is_ignored_with_one_log_line(caplog, monkeypatch):
-    """One line per file and process, however often it loads (a run loads its team twice)."""
+    """One line per file and process, however often it loads (a study finalizes a config
+    per seed)."""
     from marft_jax.flexmg import profiles
 
     monkeypatch.setattr(profiles, "_DEVICE_FIELD_REPORTED", set())

@@ -210,7 +210,8 @@ class Team:
                      for p in self.profiles)
 
 
-# Profile files whose ignored 'device' fields were logged (a run loads its team twice).
+# Profile files whose ignored 'device' fields were logged (a study or a benchmark
+# finalizes one config per seed or variant, each loading the team).
 _DEVICE_FIELD_REPORTED: set[str] = set()
 
 

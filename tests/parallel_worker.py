@@ -32,7 +32,8 @@ def _parse():
 
 
 ARGS = _parse()
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")  # keeps conftest's flags
+                           + f" --xla_force_host_platform_device_count={ARGS.devices}")
 os.environ["JAX_PLATFORMS"] = "cpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

@@ -15,7 +15,7 @@ decode shapes (batch b, one new token, a KV cache of --slots slots):
   python benchmarks/profile_decode.py --batch=8 --dtype=float32
 
 With --op_breakdown it instead traces one whole `generate_with_cache` call (prefill, then
---new_tokens greedy decode steps, f32 compute) with the JAX profiler and prints the XLA:CPU
+--new_tokens greedy decode steps, computing in --dtype) with the JAX profiler and prints the XLA:CPU
 thread time per HLO op (summed over the pool's threads, by the op's JAX name), the call's
 wall time, and how busy the threads were: thread time / (threads x wall).
 
@@ -73,7 +73,7 @@ def op_breakdown(m, args):
 
     b, n = args.batch, args.new_tokens
     cfg = SamplerConfig(max_new_tokens=n, greedy=True, stop_token_ids=(),
-                        prefill_dtype="float32", decode_dtype="float32")
+                        prefill_dtype=args.dtype, decode_dtype=args.dtype)
     prompt = jnp.asarray(np.random.default_rng(0).integers(100, m.config.vocab_size,
                                                            (b, args.prompt_len)), jnp.int32)
     mask = jnp.ones(prompt.shape, bool)
@@ -81,7 +81,7 @@ def op_breakdown(m, args):
     fn = jax.jit(lambda base, lora, cache, pre: generate_with_cache(
         m.graphdef, base, lora, prompt, mask, ids, jax.random.key(0), 0.0, n, cache,
         config=cfg, prefill_base=pre), donate_argnums=(2,))
-    pre = cast_params(m.base, "float32")
+    pre = cast_params(m.base, args.dtype)
     cache = init_cache(m.config, b, args.prompt_len, cfg)
     for _ in range(2):  # compile, warm up
         out, cache = fn(m.base, m.lora, cache, pre)

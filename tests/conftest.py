@@ -30,14 +30,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
-
 def _fast_compiling_xla() -> None:
     """Tests compile hundreds of tiny programs and run each a few times, so XLA's LLVM
     backend optimisation (about a third of a tiny training run's CPU time) costs more than
     it saves: the session (and every subprocess, through the environment) compiles at
     `--xla_backend_optimization_level=0`. Same operations, same semantics; float results
-    can differ from an optimised build by rounding (fused multiply-adds), which the tests'
-    tolerances cover. `MARFT_JAX_TEST_XLA_OPT=1` keeps the default optimisation."""
+    can differ from an optimised build's by rounding, which the tests' tolerances cover.
+    `MARFT_JAX_TEST_XLA_OPT=1` keeps the default optimisation."""
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("MARFT_JAX_TEST_XLA_OPT") != "1" and "optimization_level" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()

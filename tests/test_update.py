@@ -462,7 +462,7 @@ def test_compacted_rows_score_and_differentiate_like_full_rows(model):
     for got, want in ((comp.token_logprobs, full.token_logprobs), (comp.entropy, full.entropy),
                       (comp.features, full.features)):
         np.testing.assert_allclose(np.asarray(got)[m], np.asarray(want)[m], atol=1e-5)
-    # a sum over every action token of terms each equal within 1e-5
+    # a sum over the action tokens of terms each within 1e-5: the roundings add up
     np.testing.assert_allclose(comp_obj, full_obj, atol=1e-5 * np.sqrt(m.sum()))
     for got, want in zip(jax.tree.leaves(comp_grads), jax.tree.leaves(full_grads)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -146,3 +146,28 @@ def test_split_separates_lora_from_base(tiny_llama, lora3):
     assert all(x.shape[0] == lora3.num_adapters for x in lora_leaves)
     assert not any(isinstance(v, nnx.LoRAParam)
                    for _, v in nnx.to_flat_state(base))
+
+
+
+def test_layers_are_traced_once_per_shape(tiny_llama, lora3, monkeypatch):
+    """The layers share one graphdef, so a forward traces the layer once for all of them,
+    differentiated or not (a 30-layer SmolLM2 update traced every layer: 12 s of start-up).
+    Shapes no other test uses, since JAX keeps traces across tests."""
+    from marft_jax.models import decoder
+
+    calls = []  # the layer's Python body runs once per trace
+    layer_call = decoder.DecoderLayer.__call__
+    monkeypatch.setattr(decoder.DecoderLayer, "__call__",
+                        lambda self, *args: calls.append(1) or layer_call(self, *args))
+    graphdef, base, lora = F.init_model(tiny_llama, lora3, seed=0)
+    assert tiny_llama.num_layers == 2
+    tokens, mask = _batch(np.random.default_rng(5), batch=2, length=13, pads=(0, 3))
+
+    def loss(lora):
+        return jnp.sum(F.sequence_logits(graphdef, base, lora, tokens, mask, 0))
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(lora)
+    assert np.isfinite(float(value)) and jax.tree.leaves(grads)
+    assert len(calls) == 1
+    F.sequence_logits(graphdef, base, lora, tokens[:, :11], mask[:, :11], 0)  # new shapes
+    assert len(calls) == 2

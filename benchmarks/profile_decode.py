@@ -15,9 +15,9 @@ decode shapes (batch b, one new token, a KV cache of --slots slots):
   python benchmarks/profile_decode.py --batch=8 --dtype=float32
 
 With --op_breakdown it instead traces one whole `generate_with_cache` call (prefill, then
---new_tokens greedy decode steps, computing in --dtype) with the JAX profiler and prints the XLA:CPU
-thread time per HLO op (summed over the pool's threads, by the op's JAX name), the call's
-wall time, and how busy the threads were: thread time / (threads x wall).
+--new_tokens greedy decode steps, computing in --dtype) with the JAX profiler and prints
+the XLA:CPU thread time per HLO op (summed over the pool's threads, by the op's JAX name),
+the call's wall time, and how busy the threads were: thread time / (threads x wall).
 
   python benchmarks/profile_decode.py --op_breakdown --batch=8 --new_tokens=64
 """
